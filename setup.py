@@ -1,0 +1,45 @@
+"""Build fastws._core (Cython).
+
+Environment switches:
+  FASTWS_DEBUG=1     bounds and wraparound checks on, -O0 -g
+  FASTWS_ANNOTATE=1  write the Cython HTML annotation next to the .pyx
+  FASTWS_COVERAGE=1  linetrace for coverage of the .pyx
+"""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTWS_DEBUG") == "1"
+COVERAGE = os.environ.get("FASTWS_COVERAGE") == "1"
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+macros = []
+if COVERAGE:
+    directives["linetrace"] = True
+    macros.append(("CYTHON_TRACE_NOGIL", "1"))
+
+extensions = [
+    Extension(
+        "fastws._core",
+        ["src/fastws/_core.pyx"],
+        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
+        define_macros=macros,
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=directives,
+        annotate=os.environ.get("FASTWS_ANNOTATE") == "1",
+    ),
+)

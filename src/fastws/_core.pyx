@@ -1,0 +1,683 @@
+# The broadcast hot path of fastws.
+#
+# Encode each item once (msgspec), frame it once, append the frame to a tick
+# buffer, and write that one buffer to every connected client once per loop
+# turn, through aiofastnet's C-level ``Transport.write_c`` (a direct send(2)).
+#
+# Python sees three names: ``Hub``, ``Client`` and ``encode_frame``.
+
+cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport uint8_t, uint64_t
+from libc.string cimport memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from aiofastnet.transport cimport Transport
+from picows.picows cimport MemoryBuffer, WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+import logging
+
+import msgspec
+
+from .exceptions import EncodeError
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+    object PyUnicode_DecodeUTF8Stateful(const char*, Py_ssize_t, const char*, Py_ssize_t*)
+
+cdef:
+    object _logger = logging.getLogger("fastws.core")
+    int DEBUG = logging.DEBUG
+
+    # Client states
+    enum:
+        S_OPEN = 0
+        S_CLOSING = 1      # we sent CLOSE or decided to drop it; skipped by fan-out
+        S_CLOSED = 2
+
+    # Slow-client policies
+    enum:
+        POLICY_DISCONNECT = 0
+        POLICY_DROP = 1
+
+    Py_ssize_t TICK_KEEP = 64 * 1024     # capacity kept between ticks
+    bytes PING_FRAME = b"\x89\x00"
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+def monotonic():
+    """The clock the heartbeat uses (CLOCK_MONOTONIC, as ``time.monotonic``)."""
+    return _now()
+
+
+cdef inline Py_ssize_t _write_header(uint8_t* p, uint8_t opcode, uint64_t n) noexcept:
+    """Write an unmasked FIN frame header for an ``n``-byte payload; return its size."""
+    p[0] = 0x80 | opcode
+    if n < 126:
+        p[1] = <uint8_t>n
+        return 2
+    if n < 65536:
+        p[1] = 126
+        p[2] = <uint8_t>(n >> 8)
+        p[3] = <uint8_t>n
+        return 4
+    p[1] = 127
+    cdef int i
+    for i in range(8):
+        p[2 + i] = <uint8_t>(n >> (56 - 8 * i))
+    return 10
+
+
+cdef inline bint _is_ascii(const char* p, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i = 0
+    cdef const uint64_t* w
+    while i + 8 <= n:
+        w = <const uint64_t*>(p + i)
+        if w[0] & 0x8080808080808080ULL:
+            return False
+        i += 8
+    while i < n:
+        if <uint8_t>p[i] & 0x80:
+            return False
+        i += 1
+    return True
+
+
+cdef inline bint _close_code_allowed(int code) noexcept:
+    # RFC 6455 7.4 plus the IANA registry (1012-1014 are registered)
+    return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
+
+
+cdef class Client(WSListener):
+    """One WebSocket connection: the picows listener and the registry entry.
+
+    State lives in C fields (about 100 bytes); there is no task per connection.
+    """
+
+    cdef:
+        readonly WSTransport transport
+        Transport _raw
+        Hub _hub
+        Py_ssize_t _index              # position in Hub._clients, -1 when not listed
+        int _state
+        bint _reject                   # over max_connections: close 1008 after the handshake
+        bint _over_cap                 # write backlog above the cap (pause_writing)
+        bint _dropping                 # drop policy: an episode of skipped messages
+        readonly Py_ssize_t dropped    # messages skipped for this client
+        Py_ssize_t _episode_dropped
+        readonly double connected_at
+        readonly double last_seen
+        public object path             # request path (str), kept after the headers are released
+        readonly object remote         # (host, port) of the peer
+        public object user             # whatever an authorization hook returned
+        # inbound message assembly
+        WSMsgType _frag_type           # TEXT or BINARY while a fragmented message is open
+        bint _frag_open
+        bytearray _frag_buf
+        bytes _utf8_tail
+
+    def __cinit__(self):
+        self._index = -1
+        self._state = S_OPEN
+
+    # -- picows callbacks ----------------------------------------------------------
+
+    cpdef on_ws_connected(self, WSTransport transport):
+        self.transport = transport
+        self._raw = <Transport?>transport.underlying_transport
+        self.connected_at = self.last_seen = _now()
+        self.remote = self._raw.get_extra_info("peername")
+        # The handshake request and response are not needed any more: release them,
+        # and shrink picows' per-connection write buffer (used here only for control
+        # frames; broadcasts go straight to the transport). About 3 KiB per client.
+        transport.request = None
+        transport.response = None
+        cdef MemoryBuffer wb = transport._write_buffer
+        cdef char* data = <char*>PyMem_Realloc(wb.data, 128)
+        if data != NULL:
+            wb.data = data
+            wb.capacity = 128
+            wb.size = 0
+        self._hub._on_connected(self)
+
+    cpdef on_ws_disconnected(self, WSTransport transport):
+        self._state = S_CLOSED
+        self._hub._on_disconnected(self)
+
+    cpdef pause_writing(self):
+        self._over_cap = True
+        self._hub._on_over_cap(self)
+
+    cpdef resume_writing(self):
+        self._over_cap = False
+        if self._dropping:
+            self._dropping = False
+            self._hub._n_dropping -= 1
+            _logger.warning("client %s caught up after %d dropped messages", self.remote, self._episode_dropped)
+            self._episode_dropped = 0
+
+    cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        self.last_seen = _now()
+        if self._state != S_OPEN:
+            if frame.msg_type == WSMsgType.CLOSE:
+                transport.disconnect()
+            return
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self.fail(1002, "reserved bits set without an extension")
+            return
+        cdef WSMsgType t = frame.msg_type
+        if t == WSMsgType.TEXT or t == WSMsgType.BINARY:
+            if self._frag_open:
+                self.fail(1002, "new data frame inside a fragmented message")
+                return
+            if frame.fin:
+                if frame.payload_size > self._hub.max_message_size:
+                    self.fail(1009, "message too big")
+                    return
+                if t == WSMsgType.TEXT and not _is_ascii(frame.payload_ptr, frame.payload_size):
+                    try:
+                        PyUnicode_DecodeUTF8Stateful(frame.payload_ptr, frame.payload_size, "strict", NULL)
+                    except UnicodeDecodeError:
+                        self.fail(1007, "invalid UTF-8 in a text message")
+                        return
+                self._hub._on_message(self, t, frame.payload_ptr, frame.payload_size)
+                return
+            self._frag_open = True
+            self._frag_type = t
+            self._frag_buf = bytearray()
+            self._utf8_tail = b""
+            self._fragment(frame)
+        elif t == WSMsgType.CONTINUATION:
+            if not self._frag_open:
+                self.fail(1002, "continuation frame without a message to continue")
+                return
+            self._fragment(frame)
+        elif t == WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
+        elif t == WSMsgType.CLOSE:
+            self._on_close_frame(frame)
+        # PONG: last_seen is all the heartbeat needs
+
+    cdef _fragment(self, WSFrame frame):
+        cdef Py_ssize_t used = 0
+        cdef bytes chunk
+        if PyByteArray_GET_SIZE(self._frag_buf) + frame.payload_size > self._hub.max_message_size:
+            self.fail(1009, "message too big")
+            return
+        data = frame.get_payload_as_bytes()
+        self._frag_buf += data
+        if self._frag_type == WSMsgType.TEXT:
+            if self._utf8_tail or not _is_ascii(frame.payload_ptr, frame.payload_size):
+                chunk = self._utf8_tail + data if self._utf8_tail else data
+                try:
+                    PyUnicode_DecodeUTF8Stateful(PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), "strict",
+                                                 NULL if frame.fin else &used)
+                except UnicodeDecodeError:
+                    self.fail(1007, "invalid UTF-8 in a text message")
+                    return
+                self._utf8_tail = b"" if frame.fin else chunk[used:]
+        if frame.fin:
+            buf = self._frag_buf
+            self._frag_open = False
+            self._frag_buf = None
+            self._utf8_tail = None
+            self._hub._on_message(self, self._frag_type, PyByteArray_AS_STRING(buf), PyByteArray_GET_SIZE(buf))
+
+    cdef _on_close_frame(self, WSFrame frame):
+        cdef int code = 1000
+        if frame.payload_size:
+            code = <int>frame.get_close_code()
+            if not _close_code_allowed(code):
+                self.fail(1002, "invalid close code %d" % code)
+                return
+        self._state = S_CLOSING
+        self.transport.send_close(<WSCloseCode>code)
+        self.transport.disconnect()
+
+    # -- used by the server ------------------------------------------------------
+
+    cpdef fail(self, int code, str reason):
+        """Close the connection with ``code`` and ``reason`` (a protocol or policy error)."""
+        if self._state != S_OPEN:
+            return
+        self._state = S_CLOSING
+        self._hub.protocol_errors += 1
+        if self._hub._debug:
+            _logger.debug("closing %s: %d %s", self.remote, code, reason)
+        self.transport.send_close(<WSCloseCode>code, reason.encode())
+        self.transport.disconnect()
+
+    cpdef close(self, int code=1000, str reason=""):
+        """Start the closing handshake; the client's CLOSE reply (or a timeout) ends it."""
+        if self._state != S_OPEN:
+            return
+        self._state = S_CLOSING
+        self.transport.send_close(<WSCloseCode>code, reason.encode())
+
+    cpdef abort(self):
+        """Drop the TCP connection now, without a closing handshake."""
+        if self._state == S_CLOSED:
+            return
+        self._state = S_CLOSING
+        self.transport.disconnect(False)
+
+    def send(self, message):
+        """Send one message to this client only (``str`` as text, bytes-like as binary)."""
+        if self._state != S_OPEN:
+            return
+        if isinstance(message, str):
+            self.transport.send(WSMsgType.TEXT, message)
+        else:
+            self.transport.send(WSMsgType.BINARY, message)
+
+    @property
+    def is_open(self):
+        return self._state == S_OPEN
+
+    def write_buffer_size(self):
+        return self._raw.get_write_buffer_size() if self._raw is not None else 0
+
+
+@cython.final
+cdef class Hub:
+    """Registry of connected clients and the fan-out of broadcast frames.
+
+    ``publish(item)`` serializes ``item`` once and appends its frame to the tick
+    buffer; the first publish of a loop turn schedules ``flush`` with
+    ``loop.call_soon``, so every item published in one turn reaches each client in
+    one write. ``flush()`` may also be called directly to send now.
+
+    Broadcast contract (as websockets' ``broadcast()``): it never waits for a
+    client; clients that are closing are skipped and removed; a client whose
+    unsent backlog passes ``max_queued_bytes`` is disconnected, or, with the
+    ``drop`` policy, skipped until its backlog drains, each skipped message counted.
+    """
+
+    cdef:
+        list _clients
+        object _loop
+        object _encoder
+        bytearray _scratch
+        char* _tick
+        Py_ssize_t _tick_len
+        Py_ssize_t _tick_cap
+        Py_ssize_t _tick_frames
+        bint _flush_scheduled
+        bint _in_fanout
+        list _over_cap
+        object _flush_cb
+        object _on_message_cb
+        readonly object on_connect
+        readonly object on_disconnect
+        Py_ssize_t _n_dropping
+        bint _debug
+        int _policy
+        public Py_ssize_t max_queued_bytes
+        public Py_ssize_t max_message_size
+        # last flush
+        readonly Py_ssize_t last_sent
+        readonly Py_ssize_t last_disconnected
+        # counters
+        readonly unsigned long long messages
+        readonly unsigned long long deliveries
+        readonly unsigned long long bytes_out
+        readonly unsigned long long flushes
+        readonly unsigned long long dropped
+        readonly unsigned long long slow_disconnects
+        readonly unsigned long long closed_skipped
+        readonly unsigned long long encode_errors
+        readonly unsigned long long messages_in
+        public unsigned long long protocol_errors
+
+    def __cinit__(self):
+        self._clients = []
+        self._over_cap = []
+        self._scratch = bytearray()
+        self._tick_cap = TICK_KEEP
+        self._tick = <char*>PyMem_Malloc(self._tick_cap)
+        if self._tick == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self._tick)
+
+    def __init__(self, loop, *, Py_ssize_t max_queued_bytes=1 << 20, str slow_client_policy="disconnect",
+                 Py_ssize_t max_message_size=1 << 20, on_message=None, on_connect=None, on_disconnect=None):
+        if slow_client_policy not in ("disconnect", "drop"):
+            raise ValueError(f"slow_client_policy must be 'disconnect' or 'drop', got {slow_client_policy!r}")
+        self._loop = loop
+        self._encoder = msgspec.json.Encoder()
+        self._flush_cb = self.flush
+        self._policy = POLICY_DROP if slow_client_policy == "drop" else POLICY_DISCONNECT
+        self.max_queued_bytes = max_queued_bytes
+        self.max_message_size = max_message_size
+        self._on_message_cb = on_message
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self._debug = _logger.isEnabledFor(DEBUG)
+
+    # -- registry ----------------------------------------------------------------
+
+    def new_client(self, bint reject=False):
+        """A listener for one new connection (``reject``: close it with 1008 once open)."""
+        cdef Client c = Client()
+        c._hub = self
+        c._reject = reject
+        return c
+
+    cdef _on_connected(self, Client c):
+        if c._reject:
+            c._state = S_CLOSING
+            c.transport.send_close(WSCloseCode.POLICY_VIOLATION, b"Max connections reached")
+            c.transport.disconnect()
+            return
+        # A backlog above the cap fires pause_writing(); below a quarter of it, resume_writing().
+        c._raw.set_write_buffer_limits(self.max_queued_bytes, self.max_queued_bytes // 4)
+        c._index = len(self._clients)
+        self._clients.append(c)
+        if self.on_connect is not None:
+            self.on_connect(c)
+
+    cdef _on_disconnected(self, Client c):
+        if c._dropping:
+            c._dropping = False
+            self._n_dropping -= 1
+        if c._index >= 0:
+            self._remove(c)
+            if self.on_disconnect is not None:
+                self.on_disconnect(c)
+
+    cdef inline _remove(self, Client c):
+        cdef list clients = self._clients
+        cdef Py_ssize_t i = c._index, last = len(clients) - 1
+        cdef Client moved
+        if i != last:
+            moved = <Client>clients[last]
+            clients[i] = moved
+            moved._index = i
+        del clients[last]
+        c._index = -1
+
+    @property
+    def clients(self):
+        """A snapshot list of the connected clients."""
+        return list(self._clients)
+
+    def __len__(self):
+        return len(self._clients)
+
+    # -- slow clients --------------------------------------------------------------
+
+    cdef _on_over_cap(self, Client c):
+        self._over_cap.append(c)
+        if not self._in_fanout:
+            self._loop.call_soon(self._handle_over_cap)
+
+    def _handle_over_cap(self):
+        cdef Client c
+        cdef Py_ssize_t n = 0
+        pending = self._over_cap
+        if not pending:
+            return 0
+        self._over_cap = []
+        for c in pending:
+            if c._state != S_OPEN or not c._over_cap:
+                continue
+            if self._policy == POLICY_DROP:
+                if not c._dropping:
+                    c._dropping = True
+                    self._n_dropping += 1
+                    _logger.warning("client %s is not reading (%d bytes queued): dropping its messages until it catches up",
+                                    c.remote, c._raw.get_write_buffer_size())
+            else:
+                _logger.warning("client %s is not reading (%d bytes queued): disconnecting it",
+                                c.remote, c._raw.get_write_buffer_size())
+                self.slow_disconnects += 1
+                n += 1
+                c.abort()
+                self._remove(c)
+                if self.on_disconnect is not None:
+                    self.on_disconnect(c)
+        return n
+
+    # -- encoding ------------------------------------------------------------------
+
+    cdef inline _append(self, const char* payload, Py_ssize_t n, uint8_t opcode):
+        cdef Py_ssize_t need = self._tick_len + n + 10
+        cdef Py_ssize_t cap = self._tick_cap
+        cdef char* p
+        if need > cap:
+            while cap < need:
+                cap *= 2
+            p = <char*>PyMem_Realloc(self._tick, cap)
+            if p == NULL:
+                raise MemoryError()
+            self._tick = p
+            self._tick_cap = cap
+        cdef Py_ssize_t h = _write_header(<uint8_t*>(self._tick + self._tick_len), opcode, n)
+        memcpy(self._tick + self._tick_len + h, payload, n)
+        self._tick_len += h + n
+        self._tick_frames += 1
+
+    cdef int _encode_append(self, item) except -1:
+        cdef Py_ssize_t n
+        cdef const char* p
+        if type(item) is str:
+            p = PyUnicode_AsUTF8AndSize(item, &n)
+            self._append(p, n, 0x1)
+            return 0
+        try:
+            self._encoder.encode_into(item, self._scratch, 0)
+        except Exception as exc:
+            self.encode_errors += 1
+            raise EncodeError(f"cannot serialize {type(item).__name__} to JSON: {exc}") from None
+        self._append(PyByteArray_AS_STRING(self._scratch), PyByteArray_GET_SIZE(self._scratch), 0x1)
+        return 0
+
+    cpdef Py_ssize_t publish(self, item) except -1:
+        """Queue ``item`` for every client; return how many clients it is queued to.
+
+        A ``str`` goes out verbatim as a text frame, anything else as JSON text.
+        Raises ``EncodeError`` (nothing is queued) when ``item`` cannot be serialized.
+        """
+        self._encode_append(item)
+        self.messages += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_cb)
+        return len(self._clients) - self._n_dropping
+
+    cpdef Py_ssize_t publish_frame(self, bytes frame) except -1:
+        """Queue a complete frame made by ``encode_frame`` (e.g. received from a backplane)."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+        cdef Py_ssize_t need = self._tick_len + n
+        cdef char* p
+        if need > self._tick_cap:
+            cap = self._tick_cap
+            while cap < need:
+                cap *= 2
+            p = <char*>PyMem_Realloc(self._tick, cap)
+            if p == NULL:
+                raise MemoryError()
+            self._tick = p
+            self._tick_cap = cap
+        memcpy(self._tick + self._tick_len, PyBytes_AS_STRING(frame), n)
+        self._tick_len += n
+        self._tick_frames += 1
+        self.messages += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_cb)
+        return len(self._clients) - self._n_dropping
+
+    def encode_frame(self, item):
+        """The complete text frame ``publish(item)`` would send, as bytes."""
+        return encode_frame(item, self._encoder)
+
+    # -- fan-out -------------------------------------------------------------------
+
+    cpdef Py_ssize_t flush(self) except -1:
+        """Write everything published since the last flush to every client, once.
+
+        Returns the number of clients written to; ``last_disconnected`` holds the
+        number of clients removed during this flush (closing, or over the cap).
+        """
+        self._flush_scheduled = False
+        self.last_sent = 0
+        self.last_disconnected = 0
+        if self._tick_len == 0:
+            return 0
+        cdef:
+            list clients = self._clients
+            Py_ssize_t i = 0, sent = 0, gone = 0, frames = self._tick_frames
+            char* ptr = self._tick
+            Py_ssize_t size = self._tick_len
+            Client c
+        self._in_fanout = True
+        try:
+            while i < len(clients):
+                c = <Client>clients[i]
+                if c._state != S_OPEN:
+                    # closing (heartbeat timeout, close handshake, error): skip and forget
+                    self._remove(c)
+                    self.closed_skipped += 1
+                    gone += 1
+                    if self.on_disconnect is not None:
+                        self.on_disconnect(c)
+                    continue
+                i += 1
+                if c._dropping:
+                    c.dropped += frames
+                    c._episode_dropped += frames
+                    self.dropped += frames
+                    continue
+                c._raw.write_c(ptr, size)
+                sent += 1
+        finally:
+            self._in_fanout = False
+            self._tick_len = 0
+            self._tick_frames = 0
+            if self._tick_cap > 4 * TICK_KEEP:
+                # a burst made the buffer grow; give the memory back
+                self._tick = <char*>PyMem_Realloc(self._tick, TICK_KEEP)
+                self._tick_cap = TICK_KEEP
+        if self._over_cap:
+            gone += self._handle_over_cap()
+        self.flushes += 1
+        self.deliveries += sent * frames
+        self.bytes_out += sent * size
+        self.last_sent = sent
+        self.last_disconnected = gone
+        if self._debug:
+            _logger.debug("flush: %d frames, %d bytes to %d clients, %d removed", frames, size, sent, gone)
+        return sent
+
+    # -- inbound -------------------------------------------------------------------
+
+    cdef _on_message(self, Client c, WSMsgType t, const char* p, Py_ssize_t n):
+        self.messages_in += 1
+        cb = self._on_message_cb
+        if cb is None:
+            return
+        if t == WSMsgType.TEXT:
+            data = PyUnicode_DecodeUTF8Stateful(p, n, "strict", NULL)
+        else:
+            data = PyBytes_FromStringAndSize(p, n)
+        try:
+            cb(c, data)
+        except Exception:
+            _logger.exception("on_message callback failed")
+
+    # -- heartbeat -----------------------------------------------------------------
+
+    def ping_all(self):
+        """Send a PING to every open client; return the time the round started."""
+        cdef double now = _now()
+        cdef Client c
+        cdef const char* p = PyBytes_AS_STRING(PING_FRAME)
+        for c in self._clients:
+            if c._state == S_OPEN:
+                c._raw.write_c(p, 2)
+        return now
+
+    def reap(self, double since):
+        """Close every client connected before ``since`` that has sent nothing since then.
+
+        Returns how many were closed (CLOSE 1001, then the TCP connection is dropped).
+        """
+        cdef Client c
+        cdef list dead = []
+        for c in self._clients:
+            if c._state == S_OPEN and c.last_seen < since:
+                dead.append(c)
+        for c in dead:
+            c._state = S_CLOSING
+            c.transport.send_close(WSCloseCode.GOING_AWAY, b"heartbeat timeout")
+            c.transport.disconnect(False)
+        return len(dead)
+
+    def close_all(self, int code=1001, str reason="server shutting down"):
+        """Send CLOSE to every open client (the closing handshake); return how many."""
+        cdef Client c
+        cdef Py_ssize_t n = 0
+        cdef bytes r = reason.encode()
+        for c in list(self._clients):
+            if c._state == S_OPEN:
+                c._state = S_CLOSING
+                c.transport.send_close(<WSCloseCode>code, r)
+                n += 1
+        return n
+
+    def abort_all(self):
+        cdef Client c
+        for c in list(self._clients):
+            c.abort()
+
+    def stats(self):
+        return {
+            "connections": len(self._clients),
+            "messages": self.messages,
+            "deliveries": self.deliveries,
+            "bytes_out": self.bytes_out,
+            "flushes": self.flushes,
+            "dropped": self.dropped,
+            "dropping_clients": self._n_dropping,
+            "slow_disconnects": self.slow_disconnects,
+            "closed_skipped": self.closed_skipped,
+            "encode_errors": self.encode_errors,
+            "messages_in": self.messages_in,
+            "protocol_errors": self.protocol_errors,
+        }
+
+
+def encode_frame(item, encoder=None):
+    """Serialize ``item`` as fastws does (``str`` verbatim, else msgspec JSON) and frame it.
+
+    Returns the complete unmasked text frame as ``bytes``.
+    """
+    cdef Py_ssize_t n
+    cdef const char* p
+    cdef bytes payload
+    if type(item) is str:
+        p = PyUnicode_AsUTF8AndSize(item, &n)
+    else:
+        try:
+            payload = (encoder or msgspec.json).encode(item)
+        except Exception as exc:
+            raise EncodeError(f"cannot serialize {type(item).__name__} to JSON: {exc}") from None
+        p = PyBytes_AS_STRING(payload)
+        n = PyBytes_GET_SIZE(payload)
+    cdef uint8_t header[10]
+    cdef Py_ssize_t h = _write_header(header, 0x1, n)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, h + n)
+    cdef char* out = PyBytes_AS_STRING(frame)
+    memcpy(out, header, h)
+    memcpy(out + h, p, n)
+    return frame
