@@ -62,8 +62,9 @@ class Sink(BuiltinComponent):
     def input_ports(cls, config: dict[str, Any] | None = None) -> tuple[str, ...] | None:
         return None
 
-    #: A sink reads every input port, not only the first.
+    #: A sink reads every input port, not only the first, and has no outputs.
     READS_ALL_INPUTS = True
+    OUTPUT_PORTS: tuple[str, ...] = ()
 
     @property
     def items(self) -> list[Any]:

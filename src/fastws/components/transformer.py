@@ -1,0 +1,130 @@
+"""``Transformer``: reshape dict items (set, rename, drop, copy fields; add a timestamp)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from fastws.components._base import BuiltinComponent, utc_now_iso
+from fastws.exceptions import ConfigError
+
+__all__ = ["Transformer", "TransformerConfig"]
+
+_MISSING = object()
+
+
+class TransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    #: Field path -> old field path (``{"metric": "name"}`` renames ``name`` to ``metric``).
+    rename: dict[str, str] = {}
+    #: Field path -> source field path; the source is kept.
+    copy: dict[str, str] = {}
+    #: Field path -> constant value (``{"meta.env": "prod"}`` creates ``meta`` if needed).
+    set: dict[str, Any] = {}
+    #: Field paths to remove.
+    drop: list[str] = []
+    #: Name of a field to set to the current UTC time (ISO 8601), or null.
+    add_timestamp: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.rename or self.copy or self.set or self.drop or self.add_timestamp)
+
+    def check(self, path: str) -> None:
+        for key, mapping in (("rename", self.rename), ("copy", self.copy), ("set", self.set)):
+            for field in mapping:
+                if not all(field.split(".")):
+                    raise ConfigError(f"{path}.{key}: invalid field path {field!r}")
+        for i, field in enumerate(self.drop):
+            if not all(field.split(".")):
+                raise ConfigError(f"{path}.drop[{i}]: invalid field path {field!r}")
+
+
+def _split(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
+def _get(item: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = item
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+def _parent(item: dict[str, Any], path: tuple[str, ...], create: bool) -> dict[str, Any] | None:
+    """The dict holding ``path[-1]``, copied on the way so that input items are not mutated."""
+    node = item
+    for key in path[:-1]:
+        child = node.get(key)
+        if isinstance(child, Mapping):
+            child = dict(child)
+        elif create:
+            child = {}
+        else:
+            return None
+        node[key] = child
+        node = child
+    return node
+
+
+def _set(item: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    parent = _parent(item, path, create=True)
+    assert parent is not None
+    parent[path[-1]] = value
+
+
+def _pop(item: dict[str, Any], path: tuple[str, ...]) -> Any:
+    if len(path) > 1 and not isinstance(_get(item, path[:-1]), Mapping):
+        return _MISSING
+    parent = _parent(item, path, create=False)
+    if parent is None:
+        return _MISSING
+    return parent.pop(path[-1], _MISSING)
+
+
+class Transformer(BuiltinComponent):
+    """Return a reshaped copy of each dict item (the input item is never mutated).
+
+    Operations run in this order: ``rename``, ``copy``, ``set``, ``drop``,
+    ``add_timestamp``. Dotted names reach into nested dicts. With no operation
+    configured it does what upstream did: adds ``processed_by`` (the component
+    name) and ``processed_at`` (UTC, ISO 8601).
+    """
+
+    Config = TransformerConfig
+    settings: TransformerConfig
+
+    def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
+        super().__init__(name, config)
+        s = self.settings
+        self._default = s.is_empty
+        self._rename = [(_split(new), _split(old)) for new, old in s.rename.items()]
+        self._copy = [(_split(dst), _split(src)) for dst, src in s.copy.items()]
+        self._set = [(_split(k), v) for k, v in s.set.items()]
+        self._drop = [_split(f) for f in s.drop]
+        self._timestamp = _split(s.add_timestamp) if s.add_timestamp else None
+
+    def handle(self, item: Any) -> Any:
+        if not isinstance(item, Mapping):
+            raise TypeError(f"Transformer expects mapping items, got {type(item).__name__}")
+        if self._default:
+            return {**item, "processed_by": self.name, "processed_at": utc_now_iso()}
+        out = dict(item)
+        for new, old in self._rename:
+            value = _pop(out, old)
+            if value is not _MISSING:
+                _set(out, new, value)
+        for dst, src in self._copy:
+            value = _get(out, src)
+            if value is not _MISSING:
+                _set(out, dst, value)
+        for path, value in self._set:
+            _set(out, path, value)
+        for path in self._drop:
+            _pop(out, path)
+        if self._timestamp is not None:
+            _set(out, self._timestamp, utc_now_iso())
+        return out

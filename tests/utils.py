@@ -1,0 +1,139 @@
+"""Helpers shared by the tests: timeouts, servers on port 0, raw clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fastws
+
+#: Every wait in the tests is bounded by a multiple of this (scaled for slow machines).
+TIMEOUT = 5.0 * float(os.environ.get("FASTWS_TESTS_TIMEOUT_FACTOR", "1"))
+
+
+@contextlib.asynccontextmanager
+async def running_server(**settings: Any) -> AsyncIterator[fastws.Server]:
+    settings.setdefault("host", "127.0.0.1")
+    settings.setdefault("port", 0)
+    server = fastws.Server(**settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def url(server: Any) -> str:
+    return f"ws://127.0.0.1:{server.port}/"
+
+
+async def wait_for(predicate: Any, timeout: float = TIMEOUT, what: str = "condition") -> None:
+    """Wait until ``predicate()`` is true, checking on every loop turn (bounded)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+    # asyncio.timeout raises TimeoutError naming nothing: callers pass ``what`` for context
+    _ = what
+
+
+class RawClient:
+    """A WebSocket client over a plain socket that reads only when asked to.
+
+    Nothing reads in the background, so it can misbehave on purpose: never answer
+    pings, stop reading and let the server's queue fill.
+    """
+
+    def __init__(self, sock: socket.socket, buffered: bytes) -> None:
+        self.sock = sock
+        self.buf = bytearray(buffered)
+        self.loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def connect(cls, port: int, path: str = "/", rcvbuf: int | None = None,
+                      headers: str = "") -> RawClient:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(TIMEOUT):
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            await loop.sock_sendall(
+                sock,
+                (
+                    f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                    f"{headers}\r\n"
+                ).encode(),
+            )
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await loop.sock_recv(sock, 4096)
+                if not chunk:
+                    raise ConnectionError(f"closed during the handshake: {data!r}")
+                data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            sock.close()
+            raise ConnectionError(head.decode(errors="replace"))
+        return cls(sock, rest)
+
+    async def _fill(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = await self.loop.sock_recv(self.sock, 65536)
+            if not chunk:
+                raise ConnectionError("closed by the server")
+            self.buf += chunk
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    async def read_frame(self) -> tuple[int, bytes]:
+        async with asyncio.timeout(TIMEOUT):
+            b0, b1 = await self._fill(2)
+            n = b1 & 0x7F
+            if n == 126:
+                (n,) = struct.unpack("!H", await self._fill(2))
+            elif n == 127:
+                (n,) = struct.unpack("!Q", await self._fill(8))
+            return b0 & 0x0F, await self._fill(n)
+
+    def send_frame(self, opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, mask: bool = True) -> None:
+        head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+        n = len(payload)
+        mbit = 0x80 if mask else 0
+        if n < 126:
+            head += bytes([mbit | n])
+        elif n < 65536:
+            head += bytes([mbit | 126]) + struct.pack("!H", n)
+        else:
+            head += bytes([mbit | 127]) + struct.pack("!Q", n)
+        if mask:
+            key = os.urandom(4)
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+            head += key
+        self.sock.sendall(head + payload)
+
+    async def closed(self) -> bool:
+        """True once the server has closed the TCP connection (EOF or reset)."""
+        async with asyncio.timeout(TIMEOUT):
+            try:
+                while await self.loop.sock_recv(self.sock, 65536):
+                    pass
+            except ConnectionResetError:
+                pass
+        return True
+
+    @property
+    def local_port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
