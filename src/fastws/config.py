@@ -5,6 +5,7 @@ Every key is documented in ``docs/reference.md``.
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal
 
 import msgspec
@@ -101,7 +102,12 @@ def _readable(exc: msgspec.ValidationError, path: str) -> str:
     # "Expected `int`, got `str` - at `$.port`"  ->  "config.port: expected `int`, got `str`"
     if " - at `$" in msg:
         text, _, where = msg.rpartition(" - at `$")
-        return f"{path}{where.rstrip('`')}: {text[0].lower()}{text[1:]}"
+        where = where.rstrip("`")
+        key = where.lstrip(".").split(".")[0].split("[")[0]
+        choices = typing.get_args(typing.get_type_hints(ServerConfig).get(key))
+        if text.startswith("Invalid enum value") and choices:
+            text = f"expected one of {', '.join(map(repr, choices))}, got {text.rpartition(' ')[2]}"
+        return f"{path}{where}: {text[0].lower()}{text[1:]}"
     return f"{path}: {msg}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from http import HTTPStatus
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,12 @@ from ._core import Client, Hub
 from .config import ServerConfig
 from .exceptions import ServerError
 
-__all__ = ["Server"]
+__all__ = ["Server", "HTTPResponse", "Refusal"]
+
+#: What a route handler returns: (status, headers, body).
+HTTPResponse = tuple[int, dict[str, str], bytes]
+#: What a refusing handshake check returns: (HTTP status, reason counted in stats).
+Refusal = tuple[int, str]
 
 logger = logging.getLogger("fastws.server")
 # picows logs every connection at INFO and every malformed frame at ERROR, twice;
@@ -61,6 +67,8 @@ class Server:
         self.rejected = {"max_connections": 0}
         self.heartbeat_timeouts = 0
         self.disconnects = 0
+        self._routes: dict[str, Callable[[WSUpgradeRequest], HTTPResponse]] = {}
+        self._checks: list[Callable[[WSUpgradeRequest], Refusal | None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -193,14 +201,55 @@ class Server:
         )
         return s
 
+    # -- extension points --------------------------------------------------------------
+
+    def add_route(self, path: str, handler: Callable[[WSUpgradeRequest], HTTPResponse]) -> None:
+        """Answer plain HTTP ``GET path`` (no upgrade) with ``handler(request)``.
+
+        ``handler`` returns ``(status, headers, body)``; the response is sent with
+        ``Content-Length`` and ``Connection: close`` (picows serves one request per
+        connection). Used by the health, metrics and page features.
+        """
+        self._routes[path] = handler
+
+    def add_handshake_check(self, check: Callable[[WSUpgradeRequest], Refusal | None]) -> None:
+        """Run ``check(request)`` on every WebSocket upgrade, in the order added.
+
+        A check returns ``None`` to let the connection in, or ``(status, reason)``
+        to refuse it with that HTTP status before the upgrade (counted in
+        ``stats()["rejected"][reason]``).
+        """
+        self._checks.append(check)
+
     # -- connections -----------------------------------------------------------------
+
+    def _http_response(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> Any:
+        if 200 <= status < 300:
+            response = WSUpgradeResponse.create_ok_response(body, headers or {})
+            response.status = HTTPStatus(status)
+        else:
+            response = WSUpgradeResponse.create_error_response(HTTPStatus(status), body, headers or {})
+        return WSUpgradeResponseWithListener(response, None)
 
     def _listener_factory(self, request: WSUpgradeRequest) -> Any:
         hub = self.hub
         if hub is None:
-            return WSUpgradeResponseWithListener(
-                WSUpgradeResponse.create_error_response(503, b"server is stopping"), None
-            )
+            return self._http_response(503, b"server is stopping")
+        if "upgrade" not in request.headers.get("Connection", "").lower():
+            path = request.path.split(b"?", 1)[0].decode("latin-1")
+            route = self._routes.get(path)
+            if route is None:
+                return self._http_response(426 if path == "/" else 404,
+                                           b"426 Upgrade Required" if path == "/" else b"404 Not Found",
+                                           {"Upgrade": "websocket"} if path == "/" else None)
+            status, headers, body = route(request)
+            return self._http_response(status, body, headers)
+        for check in self._checks:
+            refusal = check(request)
+            if refusal is not None:
+                status, reason = refusal
+                self.rejected[reason] = self.rejected.get(reason, 0) + 1
+                return self._http_response(status, f"{status} {reason}".encode())
         if len(hub) >= self.config.max_connections:
             # As the original did: complete the handshake, then close with 1008,
             # so that browsers see the code and the reason.

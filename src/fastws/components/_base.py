@@ -73,6 +73,7 @@ def translate_validation_error(exc: msgspec.ValidationError, base: str, data: An
         msg = msg[: got.start()]
     msg = _TICKS_RE.sub(lambda t: _friendly_type(t.group(1)), msg)
     msg = msg[:1].lower() + msg[1:]
+    msg = re.sub(r"([<>]=? -?\d+)\.0\b", r"\1", msg)  # ">= 0.0" -> ">= 0"
     if found:
         msg += f", got {value!r}"
     elif got:
@@ -169,8 +170,9 @@ class BuiltinComponent(ComposedComponent):
     INPUT_PORTS: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
+        settings = self.validate_config(config, "config")
         super().__init__(name, config)
-        self.settings = self.validate_config(self.config, "config")
+        self.settings = settings
 
     @classmethod
     def validate_config(cls, config: dict[str, Any] | None, path: str = "config") -> Any:
@@ -228,3 +230,4 @@ class BuiltinComponent(ComposedComponent):
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self.logger.warning("%s: output %r is closed; it receives no more items", self.name, port)
                 del self.send_streams[port]
+                await stream.aclose()

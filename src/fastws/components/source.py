@@ -153,6 +153,7 @@ class Source(BuiltinComponent):
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     self.logger.warning("%s: output %r is closed; it receives no more items", self.name, port)
                     del self.send_streams[port]
+                    await stream.aclose()
             self.processed_count += len(chunk)
             if not self.send_streams:
                 return
