@@ -10,16 +10,18 @@ from typing import Any
 
 import anyio
 import pytest
+from utils import TIMEOUT
 
 from fastws.component import ComposedComponent
 from fastws.components import Filter, Sink, Source, StreamProcessor, Transformer, resolve_component_type
 from fastws.exceptions import ConfigError
-from utils import TIMEOUT
 
 ISO_Z = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 
 
-def wire(component: ComposedComponent, inputs: tuple[str, ...] = ("input",), outputs: tuple[str, ...] = ("output",)):
+def wire(
+    component: ComposedComponent, inputs: tuple[str, ...] = ("input",), outputs: tuple[str, ...] = ("output",)
+):
     """Give ``component`` input and output streams; return (senders, receivers)."""
     senders, receivers = {}, {}
     for port in inputs:
@@ -96,10 +98,20 @@ async def test_source_delay_paces_items() -> None:
 async def test_source_metrics_and_clock() -> None:
     source = Source("m", {"generator": "metrics", "data_count": 8, "data_delay": 0, "seed": 1})
     items = list(source.items())
-    assert [i["name"] for i in items[:4]] == ["cpu_percent", "memory_percent", "requests_per_second", "latency_ms"]
+    assert [i["name"] for i in items[:4]] == [
+        "cpu_percent",
+        "memory_percent",
+        "requests_per_second",
+        "latency_ms",
+    ]
     assert all(set(i) == {"id", "name", "value", "unit", "timestamp"} for i in items)
     assert all(isinstance(i["value"], float) for i in items)
-    assert items == [dict(i, timestamp=j["timestamp"]) for i, j in zip(Source("m", {"generator": "metrics", "data_count": 8, "seed": 1}).items(), items)]
+    assert items == [
+        dict(i, timestamp=j["timestamp"])
+        for i, j in zip(
+            Source("m", {"generator": "metrics", "data_count": 8, "seed": 1}).items(), items, strict=True
+        )
+    ]
     clock = list(Source("c", {"generator": "clock", "data_count": 2}).items())
     assert set(clock[0]) == {"id", "timestamp", "epoch"}
     assert clock[0]["timestamp"][-1] == "Z"
@@ -146,7 +158,10 @@ async def test_source_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
         ({"generator": "dice"}, "config.generator: invalid enum value 'dice', got 'dice'"),
         ({"generator": "file"}, "config.path: required when generator is 'file'"),
         ({"path": "x.jsonl"}, "config.path: only used with generator 'file' (generator is 'sequence')"),
-        ({"dta_count": 3}, "config.dta_count: unknown key; known keys are: generator, data_count, data_delay, start, metrics, seed, path, fields"),
+        (
+            {"dta_count": 3},
+            "config.dta_count: unknown key; known keys are: generator, data_count, data_delay, start, metrics, seed, path, fields",
+        ),
         ("nope", "config: expected a mapping of settings, got 'nope'"),
     ],
 )
@@ -197,7 +212,12 @@ async def test_sink_file(tmp_path: Path) -> None:
     await sink.start()
     await run_through_sink(sink, [{"x": 1}, [1, 2], "s"])
     await sink.stop()
-    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"old": True}, {"x": 1}, [1, 2], "s"]
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"old": True},
+        {"x": 1},
+        [1, 2],
+        "s",
+    ]
 
 
 async def run_through_sink(sink: Sink, items: list[Any]) -> None:
@@ -231,7 +251,9 @@ async def test_filter_any_and_shorthand() -> None:
     f = Filter("f", {"filter_conditions": ["id == 1", "id == 3"], "match": "any"})
     assert [i["id"] for i in await run_through(f, [{"id": n} for n in range(5)])] == [1, 3]
     g = Filter("g", {"condition": "user.active"})
-    assert await run_through(g, [{"user": {"active": True}}, {"user": {}}, {}]) == [{"user": {"active": True}}]
+    assert await run_through(g, [{"user": {"active": True}}, {"user": {}}, {}]) == [
+        {"user": {"active": True}}
+    ]
 
 
 async def test_filter_without_conditions_passes_everything() -> None:
@@ -246,7 +268,10 @@ async def test_filter_without_conditions_passes_everything() -> None:
             "config.filter_conditions[1].condition: invalid expression: unexpected '>' "
             "(expected a value, a field name or '(') at column 8 in 'value >> 3'",
         ),
-        ({"condition": "x ="}, "config.condition: invalid expression: unexpected '='; use '==' to compare at column 3 in 'x ='"),
+        (
+            {"condition": "x ="},
+            "config.condition: invalid expression: unexpected '='; use '==' to compare at column 3 in 'x ='",
+        ),
         ({"filter_conditions": [{"expr": "x"}]}, "config.filter_conditions[0].expr: unknown field"),
     ],
 )
@@ -279,7 +304,14 @@ async def test_transformer_operations() -> None:
             "add_timestamp": "meta.seen_at",
         },
     )
-    item = {"id": 1, "name": "cpu", "value": 3.5, "host": "h1", "secret": "s", "nested": {"private": 1, "public": 2}}
+    item = {
+        "id": 1,
+        "name": "cpu",
+        "value": 3.5,
+        "host": "h1",
+        "secret": "s",
+        "nested": {"private": 1, "public": 2},
+    }
     [out] = await run_through(t, [item])
     seen_at = out["meta"].pop("seen_at")
     assert out == {
@@ -320,7 +352,10 @@ async def test_joining() -> None:
                 await senders["right"].send({"id": 1, "side": "R1b"})  # waits for a second left 1
                 await senders["right"].send({"side": "no key"})
             out = await collect(receivers["output"])
-    assert [(o["join_key"], o["left"]["side"], o["right"]["side"]) for o in out] == [(2, "L2", "R2"), (1, "L1", "R1")]
+    assert [(o["join_key"], o["left"]["side"], o["right"]["side"]) for o in out] == [
+        (2, "L2", "R2"),
+        (1, "L1", "R1"),
+    ]
     assert all(list(o) == ["join_key", "left", "right", "joined_at"] for o in out)
     assert sp.error_count == 1  # the item without a join key
 
@@ -355,7 +390,9 @@ async def test_windowing() -> None:
         assert w["count"] == len(w["items"])
     from datetime import datetime
 
-    start, end = (datetime.fromisoformat(first[k].replace("Z", "+00:00")) for k in ("window_start", "window_end"))
+    start, end = (
+        datetime.fromisoformat(first[k].replace("Z", "+00:00")) for k in ("window_start", "window_end")
+    )
     assert (end - start).total_seconds() == pytest.approx(0.2)
 
 
@@ -370,7 +407,10 @@ async def test_deduplication() -> None:
 
 async def test_deduplication_whole_item_and_ttl() -> None:
     sp = StreamProcessor("d", {"variant": "deduplication", "dedup_key": None})
-    assert await run_through(sp, [{"a": 1, "b": 2}, {"b": 2, "a": 1}, {"a": 2}]) == [{"a": 1, "b": 2}, {"a": 2}]
+    assert await run_through(sp, [{"a": 1, "b": 2}, {"b": 2, "a": 1}, {"a": 2}]) == [
+        {"a": 1, "b": 2},
+        {"a": 2},
+    ]
     sp = StreamProcessor("d", {"variant": "deduplication", "ttl": 0.05})
     assert sp.handle({"id": 1}) is not None
     assert sp.handle({"id": 1}) is None
@@ -404,11 +444,18 @@ class Doubler(ComposedComponent):
 def test_registry_import_path() -> None:
     assert resolve_component_type("Sink") is Sink
     assert resolve_component_type("test_components:Doubler") is Doubler
-    with pytest.raises(ConfigError, match=r"^type: 'test_components:wire' is not a subclass of fastws.component.ComposedComponent$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^type: 'test_components:wire' is not a subclass of fastws.component.ComposedComponent$",
+    ):
         resolve_component_type("test_components:wire")
-    with pytest.raises(ConfigError, match=r"^type: cannot import module 'no_such_module': No module named 'no_such_module'$"):
+    with pytest.raises(
+        ConfigError, match=r"^type: cannot import module 'no_such_module': No module named 'no_such_module'$"
+    ):
         resolve_component_type("no_such_module:X")
     with pytest.raises(ConfigError, match=r"^type: module 'test_components' has no attribute 'Nope'$"):
         resolve_component_type("test_components:Nope")
-    with pytest.raises(ConfigError, match=r"^type: unknown component type 'Mixer'; known types are: Source, Sink, Filter, "):
+    with pytest.raises(
+        ConfigError, match=r"^type: unknown component type 'Mixer'; known types are: Source, Sink, Filter, "
+    ):
         resolve_component_type("Mixer")

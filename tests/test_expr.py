@@ -101,7 +101,10 @@ def test_non_mapping_items() -> None:
         ("a[b]", "unexpected 'b' (expected a string or an integer index) at column 3"),
         ("a == -b", "'-' must be followed by a number at column 6"),
         ("[1, 2", "unexpected end of expression (expected ',' or ']') at column 6"),
-        ("__import__('os').system('x')", "unexpected '(' (expected an operator or the end of the expression) at column 11"),
+        (
+            "__import__('os').system('x')",
+            "unexpected '(' (expected an operator or the end of the expression) at column 11",
+        ),
         ("a == 'x\\q'", "unknown escape '\\q' in string at column 8"),
         ("1.2.3 > 1", "invalid number '1.2.3' at column 1"),
     ],

@@ -94,7 +94,9 @@ def validate_command(args: argparse.Namespace) -> int:
         system = _load(args)
     except ConfigError as exc:
         return _fail(exc)
-    print(f"{args.blueprint}: OK (system {system.name!r}: {len(system.blueprint.system.components)} components, {len(system.edges)} streams)")
+    print(
+        f"{args.blueprint}: OK (system {system.name!r}: {len(system.blueprint.system.components)} components, {len(system.edges)} streams)"
+    )
     return EXIT_OK
 
 

@@ -32,7 +32,14 @@ import msgspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from fastws.blueprint.schema import BindingSpec, BlueprintError, BlueprintFile, convert_blueprint, decode_blueprint, load_blueprint
+from fastws.blueprint.schema import (
+    BindingSpec,
+    BlueprintError,
+    BlueprintFile,
+    convert_blueprint,
+    decode_blueprint,
+    load_blueprint,
+)
 from fastws.component import ComposedComponent
 from fastws.components import resolve_component_type
 from fastws.exceptions import ConfigError
@@ -89,7 +96,7 @@ class FanOutSendStream(ObjectSendStream[Any]):
             try:
                 target.send_nowait(item)
             except anyio.BrokenResourceError:
-                self.targets.remove(target)
+                self._drop(target)
         if not self.targets:
             raise anyio.BrokenResourceError
 
@@ -103,9 +110,13 @@ class FanOutSendStream(ObjectSendStream[Any]):
                 except anyio.WouldBlock:
                     await target.send(item)
             except anyio.BrokenResourceError:
-                self.targets.remove(target)
+                self._drop(target)
         if not self.targets:
             raise anyio.BrokenResourceError
+
+    def _drop(self, target: MemoryObjectSendStream[Any]) -> None:
+        self.targets.remove(target)
+        target.close()
 
     def close(self) -> None:
         self._closed = True
@@ -128,11 +139,15 @@ def _split_endpoint(value: str, names: Mapping[str, Any], default_port: str) -> 
     return None
 
 
-def _binding_edges(i: int, b: BindingSpec, names: Mapping[str, Any], errors: list[str]) -> list[tuple[str, str, str, str, str, str]]:
+def _binding_edges(
+    i: int, b: BindingSpec, names: Mapping[str, Any], errors: list[str]
+) -> list[tuple[str, str, str, str, str, str]]:
     """Resolve a binding into (from, from_port, to, to_port, from_field, to_field) tuples."""
     where = f"bindings[{i}]"
     short = b.from_ is not None or b.to is not None
-    long = any(v is not None for v in (b.from_component, b.to_component, b.from_port, b.to_port, b.stream_name))
+    long = any(
+        v is not None for v in (b.from_component, b.to_component, b.from_port, b.to_port, b.stream_name)
+    )
     if short and long:
         errors.append(f"{where}: use either 'from'/'to' or 'from_component'/'to_component', not both")
         return []
@@ -165,11 +180,22 @@ def _binding_edges(i: int, b: BindingSpec, names: Mapping[str, Any], errors: lis
         return ends
     if b.from_component is None or b.to_component is None:
         missing = "from_component" if b.from_component is None else "to_component"
-        errors.append(f"{where}.{missing}: missing; a binding needs 'from_component' and 'to_component' (or 'from'/'to')")
+        errors.append(
+            f"{where}.{missing}: missing; a binding needs 'from_component' and 'to_component' (or 'from'/'to')"
+        )
         return []
     from_port = b.from_port or b.stream_name or "output"
     to_port = b.to_port or b.stream_name or "input"
-    return [(b.from_component, from_port, b.to_component, to_port, f"{where}.from_component", f"{where}.to_component")]
+    return [
+        (
+            b.from_component,
+            from_port,
+            b.to_component,
+            to_port,
+            f"{where}.from_component",
+            f"{where}.to_component",
+        )
+    ]
 
 
 def _port_field(field: str) -> str:
@@ -194,7 +220,9 @@ def _input_spec(cls: type[ComposedComponent], config: dict[str, Any]) -> tuple[t
     from fastws.components._base import BuiltinComponent
 
     single = not reads_all and (
-        issubclass(cls, BuiltinComponent) or cls.process is ComposedComponent.process or cls.__name__ == "WebSocketComponent"
+        issubclass(cls, BuiltinComponent)
+        or cls.process is ComposedComponent.process
+        or cls.__name__ == "WebSocketComponent"
     )
     return fixed, single
 
@@ -214,7 +242,9 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
             errors.append(f"{where}.name: must not be empty")
             continue
         if comp.name in first_index:
-            errors.append(f"{where}.name: duplicate component name {comp.name!r} (also components[{first_index[comp.name]}])")
+            errors.append(
+                f"{where}.name: duplicate component name {comp.name!r} (also components[{first_index[comp.name]}])"
+            )
             continue
         first_index[comp.name] = i
         try:
@@ -249,7 +279,9 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
             bad = False
             for name, field in ((fc, ffield), (tc, tfield)):
                 if name not in first_index:
-                    errors.append(f"{field}: no component named {name!r}; components are: {', '.join(first_index)}")
+                    errors.append(
+                        f"{field}: no component named {name!r}; components are: {', '.join(first_index)}"
+                    )
                     bad = True
             if bad or fc not in classes or tc not in classes:
                 continue  # unknown, or its own definition is already in error
@@ -267,7 +299,9 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
                 continue
             key = (fc, fp, tc, tp)
             if key in seen:
-                errors.append(f"bindings[{i}]: {fc}.{fp} -> {tc}.{tp} is already bound by bindings[{seen[key]}]")
+                errors.append(
+                    f"bindings[{i}]: {fc}.{fp} -> {tc}.{tp} is already bound by bindings[{seen[key]}]"
+                )
                 continue
             seen[key] = i
             used = inputs_used.setdefault(tc, {})
@@ -348,18 +382,28 @@ class System:
     # -- construction -----------------------------------------------------------
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str], *, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> System:
+    def from_yaml(
+        cls, path: str | os.PathLike[str], *, overrides: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> System:
         return cls(load_blueprint(path), source=os.fspath(path), overrides=overrides)
 
     @classmethod
     def from_string(
-        cls, text: str | bytes, *, source: str = "<string>", overrides: Mapping[str, Mapping[str, Any]] | None = None
+        cls,
+        text: str | bytes,
+        *,
+        source: str = "<string>",
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> System:
         return cls(decode_blueprint(text, source), source=source, overrides=overrides)
 
     @classmethod
     def from_dict(
-        cls, data: Mapping[str, Any], *, source: str = "<dict>", overrides: Mapping[str, Mapping[str, Any]] | None = None
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str = "<dict>",
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> System:
         return cls(convert_blueprint(dict(data), source), source=source, overrides=overrides)
 
@@ -375,7 +419,9 @@ class System:
                 components[comp.name] = cls(comp.name, dict(plan.configs[comp.name]))
             except ConfigError as exc:
                 raise BlueprintError(f"{self.source}: components[{self._index(comp.name)}]: {exc}") from None
-        receivers: dict[tuple[str, str], tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]] = {}
+        receivers: dict[
+            tuple[str, str], tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]
+        ] = {}
         senders: dict[tuple[str, str], list[MemoryObjectSendStream[Any]]] = {}
         for edge in plan.edges:
             key = (edge.to_component, edge.to_port)
@@ -405,7 +451,11 @@ class System:
     def port(self, name: str | None = None) -> int:
         """The bound port of WebSocket component ``name`` (default: the only one)."""
         if name is None:
-            ws = [n for n, t in self._plan.types.items() if t == "WebSocket" or hasattr(self.components.get(n), "port")]
+            ws = [
+                n
+                for n, t in self._plan.types.items()
+                if t == "WebSocket" or hasattr(self.components.get(n), "port")
+            ]
             if len(ws) != 1:
                 raise ValueError(f"system {self.name!r} has {len(ws)} WebSocket components; name one: {ws}")
             name = ws[0]
@@ -431,7 +481,9 @@ class System:
         the error is raised.
         """
         if self._task is not None or self._stopped:
-            raise RuntimeError(f"system {self.name!r} was already started; build a new System to run it again")
+            raise RuntimeError(
+                f"system {self.name!r} was already started; build a new System to run it again"
+            )
         self.build()
         try:
             for comp in self.components.values():
@@ -441,7 +493,9 @@ class System:
             await self._stop_components()
             self._close_streams()
             raise
-        logger.info("system %r started: %d components, %d bindings", self.name, len(self.components), len(self.edges))
+        logger.info(
+            "system %r started: %d components, %d bindings", self.name, len(self.components), len(self.edges)
+        )
         self._task = asyncio.create_task(self._process_all(), name=f"fastws-system-{self.name}")
 
     async def wait(self) -> None:
@@ -479,7 +533,9 @@ class System:
                     async def on_signal() -> None:
                         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                             async for signum in signals:
-                                logger.info("system %r: %s received, stopping", self.name, signal.Signals(signum).name)
+                                logger.info(
+                                    "system %r: %s received, stopping", self.name, signal.Signals(signum).name
+                                )
                                 tg.cancel_scope.cancel()
                                 return
 

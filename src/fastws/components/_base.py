@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import anyio
@@ -34,7 +34,7 @@ _TICKS_RE = re.compile(r"`([^`]*)`")
 
 def utc_now_iso() -> str:
     """Current UTC time as ISO 8601 with milliseconds and a ``Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _friendly_type(spec: str) -> str:
@@ -64,9 +64,9 @@ def translate_validation_error(exc: msgspec.ValidationError, base: str, data: An
     unknown = re.match(r"Object contains unknown field `([^`]*)`", msg)
     missing = re.match(r"Object missing required field `([^`]*)`", msg)
     if unknown:
-        return f"{_join(base, subpath)}.{unknown.group(1)}: unknown field"
+        return f"{_join(base, subpath + '.' + unknown.group(1))}: unknown field"
     if missing:
-        return f"{_join(base, subpath)}.{missing.group(1)}: missing required field"
+        return f"{_join(base, subpath + '.' + missing.group(1))}: missing required field"
     found, value = _value_at(data, subpath) if data is not None else (False, None)
     got = re.search(r", got `[^`]*`$", msg)
     if got:

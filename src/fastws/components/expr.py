@@ -336,7 +336,7 @@ class _Parser:
 
         def chain(item: Any) -> bool:
             left = operands[0](item)
-            for cmp, right_fn in zip(ops, operands[1:]):
+            for cmp, right_fn in zip(ops, operands[1:], strict=True):
                 right = right_fn(item)
                 if not cmp(left, right):
                     return False
@@ -400,7 +400,9 @@ class _Parser:
                     raise self._unexpected("expected a field name after '.'")
                 tok = self._next()
                 # keywords are fine as field names after a dot: ``flags.in``
-                path.append(tok.value if tok.kind == "name" else self.text[tok.pos : tok.pos + len(tok.value)])
+                path.append(
+                    tok.value if tok.kind == "name" else self.text[tok.pos : tok.pos + len(tok.value)]
+                )
             elif self._is("op", "["):
                 self._next()
                 tok = self.tok

@@ -53,7 +53,9 @@ class SourceConfig(msgspec.Struct, forbid_unknown_fields=True):
         if self.generator == "file" and not self.path:
             raise ConfigError(f"{path}.path: required when generator is 'file'")
         if self.generator != "file" and self.path is not None:
-            raise ConfigError(f"{path}.path: only used with generator 'file' (generator is {self.generator!r})")
+            raise ConfigError(
+                f"{path}.path: only used with generator 'file' (generator is {self.generator!r})"
+            )
         if self.generator == "metrics" and not self.metrics:
             raise ConfigError(f"{path}.metrics: expected at least one metric name")
 
@@ -85,7 +87,9 @@ class Source(BuiltinComponent):
         elif s.generator == "metrics":
             gen = self._metrics()
         elif s.generator == "clock":
-            gen = ({"id": i, "timestamp": utc_now_iso(), "epoch": time.time()} for i in itertools.count(s.start))
+            gen = (
+                {"id": i, "timestamp": utc_now_iso(), "epoch": time.time()} for i in itertools.count(s.start)
+            )
         else:
             gen = self._file_lines()
         if s.fields:
@@ -120,7 +124,9 @@ class Source(BuiltinComponent):
                     yield decoder.decode(line)
                 except msgspec.DecodeError as exc:
                     self.record_error(f"{self.settings.path}:{lineno}: {exc}")
-                    self.logger.warning("%s: %s line %d is not JSON; skipped: %s", self.name, self.settings.path, lineno, exc)
+                    self.logger.warning(
+                        "%s: %s line %d is not JSON; skipped: %s", self.name, self.settings.path, lineno, exc
+                    )
 
     async def process(self) -> None:
         try:

@@ -6,7 +6,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
@@ -41,7 +41,7 @@ class StreamProcessorConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _key_path(key: str) -> tuple[str, ...]:
@@ -73,7 +73,9 @@ class StreamProcessor(BuiltinComponent):
         self.variant = s.variant
         # joining
         self._join_get = _lookup(_key_path(s.join_key))
-        self._pending: dict[str, OrderedDict[Hashable, deque[Any]]] = {p: OrderedDict() for p in self.JOIN_PORTS}
+        self._pending: dict[str, OrderedDict[Hashable, deque[Any]]] = {
+            p: OrderedDict() for p in self.JOIN_PORTS
+        }
         self._pending_count = dict.fromkeys(self.JOIN_PORTS, 0)
         self.unmatched_dropped = 0
         # deduplication
@@ -114,7 +116,9 @@ class StreamProcessor(BuiltinComponent):
         left = self._pending_count["left"]
         right = self._pending_count["right"]
         if left or right:
-            self.logger.info("%s: inputs ended with %d left and %d right item(s) unmatched", self.name, left, right)
+            self.logger.info(
+                "%s: inputs ended with %d left and %d right item(s) unmatched", self.name, left, right
+            )
 
     async def _join_side(self, port: str, stream: Any) -> None:
         async with stream:
@@ -188,7 +192,12 @@ class StreamProcessor(BuiltinComponent):
             nonlocal window, start
             if window or (self.settings.emit_empty and not end_of_input):
                 items, window = window, []
-                record = {"window_start": _iso(start), "window_end": _iso(start + size), "items": items, "count": len(items)}
+                record = {
+                    "window_start": _iso(start),
+                    "window_end": _iso(start + size),
+                    "items": items,
+                    "count": len(items),
+                }
                 await self.emit([record])
             start += size
 
