@@ -119,6 +119,7 @@ class ComposedComponent:
                 await stream.send(result)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self.logger.warning("%s: output %r is closed; it receives no more items", self.name, port)
+                await stream.aclose()
                 del self.send_streams[port]
 
     async def close_outputs(self) -> None:
