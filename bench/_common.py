@@ -169,10 +169,10 @@ def format_env(env: dict[str, Any]) -> str:
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
     out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
-        out.append("| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |")
+        out.append("| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |")
     return "\n".join(out)
 
 
@@ -243,9 +243,9 @@ class Child:
             raise ChildError(f"{self.name}: expected {event!r}, got {msg}")
         return msg
 
-    def request(self, event: str, timeout: float, **cmd: Any) -> dict[str, Any]:
+    def request(self, event: str, wait: float, **cmd: Any) -> dict[str, Any]:
         self.send(**cmd)
-        return self.recv(event, timeout)
+        return self.recv(event, wait)
 
     def close(self, timeout: float = 20.0) -> None:
         if self.proc.poll() is None:
@@ -256,7 +256,9 @@ class Child:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                print(f"[{self.name}] did not quit in {timeout}s, killing pid {self.proc.pid}", file=sys.stderr)
+                print(
+                    f"[{self.name}] did not quit in {timeout}s, killing pid {self.proc.pid}", file=sys.stderr
+                )
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         # drain the reader so the last lines are printed
@@ -313,6 +315,7 @@ class WebsocketsImpl(_Impl):
     async def start(self, mode: str) -> None:
         import msgspec  # noqa: PLC0415
         from websockets.asyncio.server import broadcast, serve  # noqa: PLC0415
+        from websockets.exceptions import ConnectionClosed  # noqa: PLC0415
 
         self._enc = msgspec.json.Encoder().encode
         self._broadcast = broadcast
@@ -324,6 +327,8 @@ class WebsocketsImpl(_Impl):
             try:
                 async for _ in ws:
                     pass
+            except ConnectionClosed:
+                pass
             finally:
                 conns.discard(ws)
 
@@ -500,7 +505,19 @@ def _handshake(port: int) -> bytes:
 class Conn(asyncio.Protocol):
     """One client connection. Counts bytes, or (sample) parses frames and records latency."""
 
-    __slots__ = ("client", "sample", "tr", "hs", "upgraded", "got", "target", "buf", "frames", "last_seq", "done")
+    __slots__ = (
+        "client",
+        "sample",
+        "tr",
+        "hs",
+        "upgraded",
+        "got",
+        "target",
+        "buf",
+        "frames",
+        "last_seq",
+        "done",
+    )
 
     def __init__(self, client: LoadClient, sample: bool) -> None:
         self.client = client
@@ -534,7 +551,9 @@ class Conn(asyncio.Protocol):
             data = bytes(self.hs[end + 4 :])
             self.hs = None
             if not head.startswith(b"HTTP/1.1 101"):
-                self.upgraded.set_exception(ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace")))
+                self.upgraded.set_exception(
+                    ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+                )
                 return
             self.upgraded.set_result(None)
             if not data:
@@ -640,7 +659,7 @@ class LoadClient:
                     conn = Conn(self, sample)
                     try:
                         await asyncio.wait_for(
-                            self.loop.create_connection(lambda: conn, "127.0.0.1", self.args.port), 20
+                            self.loop.create_connection(lambda c=conn: c, "127.0.0.1", self.args.port), 20
                         )
                         await asyncio.wait_for(conn.upgraded, 20)
                     except Exception as exc:  # noqa: BLE001
@@ -654,7 +673,12 @@ class LoadClient:
 
         start = len(self.conns)
         await asyncio.gather(*(one(i) for i in range(start, total)))
-        return {"n": len(self.conns), "seconds": time.monotonic() - t0, "errors": errors[:5], "n_errors": len(errors)}
+        return {
+            "n": len(self.conns),
+            "seconds": time.monotonic() - t0,
+            "errors": errors[:5],
+            "n_errors": len(errors),
+        }
 
     async def close_all(self) -> None:
         for c in self.conns:

@@ -22,7 +22,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from bench._common import (
@@ -52,17 +51,23 @@ def _csv(s: str) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.bench_fanout", description=__doc__.split("\n\n")[0])
-    p.add_argument("--clients", type=_csv_ints, default=[100, 1000, 5000], help="N values (default 100,1000,5000)")
+    p.add_argument(
+        "--clients", type=_csv_ints, default=[100, 1000, 5000], help="N values (default 100,1000,5000)"
+    )
     p.add_argument(
         "--messages",
         type=int,
         default=0,
         help="messages per phase; default: enough for --deliveries deliveries per phase",
     )
-    p.add_argument("--deliveries", type=int, default=None, help="target N*M per phase (default 250000, quick 60000)")
+    p.add_argument(
+        "--deliveries", type=int, default=None, help="target N*M per phase (default 250000, quick 60000)"
+    )
     p.add_argument("--burst", type=_csv_ints, default=[1, 16], help="messages per loop turn (default 1,16)")
     p.add_argument("--impl", type=_csv, default=list(IMPLS), help="fastws,websockets,picows")
-    p.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 5, quick 2); medians")
+    p.add_argument(
+        "--reps", type=int, default=None, help="interleaved repetitions (default 5, quick 2); medians"
+    )
     p.add_argument("--sample", type=int, default=16, help="connections per N that parse frames for latency")
     p.add_argument("--quick", action="store_true", help="~1-2 min: --reps 2 --deliveries 60000")
     p.add_argument("--json", metavar="PATH", help="write JSON lines (env, every phase, summary rows)")
@@ -94,8 +99,17 @@ class Pair:
         self.n = n
         self.srv = Child(
             f"{impl}-server",
-            ["server", "--impl", impl, "--mode", "fanout", "--core", str(SERVER_CORE),
-             "--fastws-heartbeat", str(args.fastws_heartbeat)],
+            [
+                "server",
+                "--impl",
+                impl,
+                "--mode",
+                "fanout",
+                "--core",
+                str(SERVER_CORE),
+                "--fastws-heartbeat",
+                str(args.fastws_heartbeat),
+            ],
             core=SERVER_CORE,
         )
         self.port = self.srv.recv("ready", 30)["port"]
@@ -147,8 +161,19 @@ class Pair:
             "max_us": done["max_us"],
             "lat_samples": done["samples"],
         }
-        for k in ("missing_bytes", "missing_frames", "extra_bytes", "gaps", "bad_frames", "closes",
-                  "other_frames", "pings", "lost", "conns_pending", "timed_out"):
+        for k in (
+            "missing_bytes",
+            "missing_frames",
+            "extra_bytes",
+            "gaps",
+            "bad_frames",
+            "closes",
+            "other_frames",
+            "pings",
+            "lost",
+            "conns_pending",
+            "timed_out",
+        ):
             if done.get(k):
                 r[k] = done[k]
         return r
@@ -166,13 +191,28 @@ def summarize(phases: list[dict[str, Any]], impls: list[str]) -> list[dict[str, 
     rows = []
     keys = sorted({(p["n"], p["burst"]) for p in phases})
     for n, burst in keys:
-        cell = {i: [p for p in phases if p["impl"] == i and p["n"] == n and p["burst"] == burst and p["ok"]]
-                for i in impls}
-        meds = {i: {k: median([p[k] for p in ps]) for k in
-                    ("rate", "cpu_us", "user_us", "sys_us", "core_us", "p50_us", "p99_us", "client_cpu_us")}
-                for i, ps in cell.items()}
+        cell = {
+            i: [p for p in phases if p["impl"] == i and p["n"] == n and p["burst"] == burst and p["ok"]]
+            for i in impls
+        }
+        meds = {
+            i: {
+                k: median([p[k] for p in ps])
+                for k in (
+                    "rate",
+                    "cpu_us",
+                    "user_us",
+                    "sys_us",
+                    "core_us",
+                    "p50_us",
+                    "p99_us",
+                    "client_cpu_us",
+                )
+            }
+            for i, ps in cell.items()
+        }
 
-        def paired(i: str, ref: str) -> float | None:
+        def paired(i: str, ref: str, cell: dict[str, list[dict[str, Any]]] = cell) -> float | None:
             # median over reps of the per-rep CPU ratio (reps are interleaved, so pairs share conditions)
             a = {p["rep"]: p["cpu_us"] for p in cell.get(i, [])}
             b = {p["rep"]: p["cpu_us"] for p in cell.get(ref, [])}
@@ -181,10 +221,18 @@ def summarize(phases: list[dict[str, Any]], impls: list[str]) -> list[dict[str, 
         for i in impls:
             m = meds[i]
             ps = cell[i]
-            failed = len([p for p in phases if p["impl"] == i and p["n"] == n and p["burst"] == burst
-                          and not p["ok"]])
-            row = {"kind": "summary", "impl": i, "n": n, "burst": burst, "reps_ok": len(ps), "reps_failed": failed,
-                   **{f"median_{k}": v for k, v in m.items()}}
+            failed = len(
+                [p for p in phases if p["impl"] == i and p["n"] == n and p["burst"] == burst and not p["ok"]]
+            )
+            row = {
+                "kind": "summary",
+                "impl": i,
+                "n": n,
+                "burst": burst,
+                "reps_ok": len(ps),
+                "reps_failed": failed,
+                **{f"median_{k}": v for k, v in m.items()},
+            }
             for ref in ("websockets", "picows"):
                 if ref in meds and m["cpu_us"] and meds[ref]["cpu_us"]:
                     row[f"cpu_vs_{ref}"] = m["cpu_us"] / meds[ref]["cpu_us"]
@@ -199,21 +247,36 @@ def summarize(phases: list[dict[str, Any]], impls: list[str]) -> list[dict[str, 
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["impl", "N", "burst", "deliveries/s", "server CPU µs/deliv (user/sys)", "core0 µs/deliv",
-               "CPU ×websockets", "CPU ×picows", "p50 ms", "p99 ms", "reps"]
+    headers = [
+        "impl",
+        "N",
+        "burst",
+        "deliveries/s",
+        "server CPU µs/deliv (user/sys)",
+        "core0 µs/deliv",
+        "CPU ×websockets",
+        "CPU ×picows",
+        "p50 ms",
+        "p99 ms",
+        "reps",
+    ]
     out = []
     for r in rows:
-        out.append([
-            r["impl"], str(r["n"]), str(r["burst"]),
-            _fmt(r["median_rate"], ",.0f"),
-            f"{_fmt(r['median_cpu_us'], '.3f')} ({_fmt(r['median_user_us'], '.3f')}/{_fmt(r['median_sys_us'], '.3f')})",
-            _fmt(r["median_core_us"], ".3f"),
-            _fmt(r.get("cpu_vs_websockets"), ".3f"),
-            _fmt(r.get("cpu_vs_picows"), ".3f"),
-            _fmt(r["median_p50_us"] / 1000 if r["median_p50_us"] is not None else None, ".2f"),
-            _fmt(r["median_p99_us"] / 1000 if r["median_p99_us"] is not None else None, ".2f"),
-            f"{r['reps_ok']}" + (f" (+{r['reps_failed']} failed)" if r["reps_failed"] else ""),
-        ])
+        out.append(
+            [
+                r["impl"],
+                str(r["n"]),
+                str(r["burst"]),
+                _fmt(r["median_rate"], ",.0f"),
+                f"{_fmt(r['median_cpu_us'], '.3f')} ({_fmt(r['median_user_us'], '.3f')}/{_fmt(r['median_sys_us'], '.3f')})",
+                _fmt(r["median_core_us"], ".3f"),
+                _fmt(r.get("cpu_vs_websockets"), ".3f"),
+                _fmt(r.get("cpu_vs_picows"), ".3f"),
+                _fmt(r["median_p50_us"] / 1000 if r["median_p50_us"] is not None else None, ".2f"),
+                _fmt(r["median_p99_us"] / 1000 if r["median_p99_us"] is not None else None, ".2f"),
+                f"{r['reps_ok']}" + (f" (+{r['reps_failed']} failed)" if r["reps_failed"] else ""),
+            ]
+        )
     return markdown_table(headers, out)
 
 
@@ -236,7 +299,9 @@ def render_targets(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  N={n} burst={burst}: {text}: not measured")
             continue
         verdict = "PASS" if v <= limit else "FAIL"
-        lines.append(f"  N={n} burst={burst}: {text}: {v:.3f} (paired {_fmt(pv, '.3f')}), limit {limit:.3f} → {verdict}")
+        lines.append(
+            f"  N={n} burst={burst}: {text}: {v:.3f} (paired {_fmt(pv, '.3f')}), limit {limit:.3f} → {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -252,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     cmdline = "python -m bench.bench_fanout " + " ".join(argv if argv is not None else sys.argv[1:])
     print(format_env(env))
     print(f"command: {cmdline}")
-    print(f"server pinned to core {SERVER_CORE}, load generator to core {CLIENT_CORE}"
-          f" (taskset {'yes' if env['taskset'] else 'NOT available'}); frame {FRAME_LEN} B; reps {args.reps}")
+    print(
+        f"server pinned to core {SERVER_CORE}, load generator to core {CLIENT_CORE}"
+        f" (taskset {'yes' if env['taskset'] else 'NOT available'}); frame {FRAME_LEN} B; reps {args.reps}"
+    )
     jf = open(args.json, "w") if args.json else None  # noqa: SIM115
 
     def out(rec: dict[str, Any]) -> None:
@@ -281,25 +348,33 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"N={n} {impl}: warm-up failed: {exc}", file=sys.stderr)
             names = list(pairs)
             for rep in range(args.reps):
-                order = names[rep % len(names):] + names[: rep % len(names)] if names else []
+                order = names[rep % len(names) :] + names[: rep % len(names)] if names else []
                 for burst in args.burst:
                     for impl in order:
                         try:
                             r = pairs[impl].phase(m, burst)
                         except ChildError as exc:
                             print(f"N={n} {impl} burst={burst} rep={rep}: FAILED: {exc}", file=sys.stderr)
-                            r = {"kind": "phase", "impl": impl, "n": n, "burst": burst, "ok": False,
-                                 "error": str(exc)}
+                            r = {
+                                "kind": "phase",
+                                "impl": impl,
+                                "n": n,
+                                "burst": burst,
+                                "ok": False,
+                                "error": str(exc),
+                            }
                         r["rep"] = rep
                         phases.append(r)
                         out(r)
                         if r.get("rate"):
-                            print(f"  N={n:5d} K={burst:2d} rep={rep} {impl:10s} {r['rate']:12,.0f}/s "
-                                  f"cpu {r['cpu_us']:.3f} µs (u {r['user_us']:.3f} s {r['sys_us']:.3f}) "
-                                  f"core {_fmt(r['core_us'], '.3f')} p50 {_fmt(r['p50_us'], '.0f')} µs "
-                                  f"p99 {_fmt(r['p99_us'], '.0f')} µs client {r['client_cpu_us']:.3f} µs"
-                                  + ("" if r["ok"] else f"  NOT OK {r}"),
-                                  file=sys.stderr)
+                            print(
+                                f"  N={n:5d} K={burst:2d} rep={rep} {impl:10s} {r['rate']:12,.0f}/s "
+                                f"cpu {r['cpu_us']:.3f} µs (u {r['user_us']:.3f} s {r['sys_us']:.3f}) "
+                                f"core {_fmt(r['core_us'], '.3f')} p50 {_fmt(r['p50_us'], '.0f')} µs "
+                                f"p99 {_fmt(r['p99_us'], '.0f')} µs client {r['client_cpu_us']:.3f} µs"
+                                + ("" if r["ok"] else f"  NOT OK {r}"),
+                                file=sys.stderr,
+                            )
         finally:
             for pair in pairs.values():
                 pair.close()
@@ -309,8 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     if jf:
         jf.close()
     print()
-    print(f"M messages per phase: " + ", ".join(f"N={n}: {messages_for(n, args)}" for n in args.clients)
-          + f"; total time {time.monotonic() - t_start:.0f}s")
+    print(
+        "M messages per phase: "
+        + ", ".join(f"N={n}: {messages_for(n, args)}" for n in args.clients)
+        + f"; total time {time.monotonic() - t_start:.0f}s"
+    )
     print(render_table(rows))
     print()
     print(render_targets(rows))
