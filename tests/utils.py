@@ -137,3 +137,39 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def raw_http(port: int, request: bytes, ssl: Any = None) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as is, read until the server closes; return (status, headers, body).
+
+    The read ends only at EOF, so a successful return also shows that the server
+    closed the connection (no upgrade). Raises ConnectionError if nothing came back.
+    """
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl,
+                                                       server_hostname="127.0.0.1" if ssl else None)
+        try:
+            writer.write(request)
+            try:
+                data = await reader.read()
+            except ConnectionResetError:
+                data = b""
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    if not data:
+        raise ConnectionError("closed without a response")
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
+
+
+def upgrade_request(port: int, path: str = "/", headers: str = "") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    ).encode()

@@ -15,7 +15,8 @@ from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from aiofastnet.transport cimport Transport
-from picows.picows cimport MemoryBuffer, WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+from aiofastnet.utils cimport NoResult
+from picows.picows cimport MemoryBuffer, WSCloseCode, WSCloseHandshake, WSFrame, WSListener, WSMsgType, WSTransport
 
 import logging
 
@@ -43,6 +44,23 @@ cdef:
         POLICY_DROP = 1
 
     Py_ssize_t TICK_KEEP = 64 * 1024     # capacity kept between ticks
+
+    # Why a registered client left (Client._why, Hub._disconnects); names in DISCONNECT_REASONS
+    enum:
+        R_OTHER = 0
+        R_CLIENT_CLOSE = 1        # the client started the closing handshake
+        R_CONNECTION_LOST = 2     # TCP closed or reset without a closing handshake
+        R_SERVER_CLOSE = 3        # close()/abort()/close_all(), e.g. the server stopping
+        R_PROTOCOL_ERROR = 4      # closed 1002/1007 (by fastws or by picows' frame parser)
+        R_MESSAGE_TOO_BIG = 5     # closed 1009
+        R_POLICY = 6              # closed 1008 for another reason
+        R_RATE_LIMITED = 7        # closed 1008 "rate limit exceeded"
+        R_HEARTBEAT = 8           # no answer to a ping in time
+        R_SLOW_CLIENT = 9         # backlog over max_queued_bytes (disconnect policy)
+        R_COUNT = 10
+    tuple DISCONNECT_REASONS = ("other", "client_close", "connection_lost", "server_close", "protocol_error",
+                                "message_too_big", "policy_violation", "rate_limited", "heartbeat_timeout",
+                                "slow_client")
     bytes PING_FRAME = b"\x89\x00"
 
 
@@ -95,6 +113,25 @@ cdef inline bint _close_code_allowed(int code) noexcept:
     return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
 
 
+cdef inline int _reason_for_code(int code) noexcept:
+    if code == 1009:
+        return R_MESSAGE_TOO_BIG
+    if code == 1008:
+        return R_POLICY
+    return R_PROTOCOL_ERROR
+
+
+cdef int _reason_from_close(WSTransport transport):
+    """Why a connection that fastws did not close went away."""
+    cdef WSCloseHandshake hs = transport.close_handshake
+    if hs is not None and hs.sent is not None and (hs.recv is None or not hs.recv_then_sent):
+        # picows' frame parser refused a frame: it sent CLOSE (1002 or 1009) and disconnected
+        return _reason_for_code(<int>hs.sent.code)
+    if hs is not None and hs.recv is not None:
+        return R_CLIENT_CLOSE
+    return R_CONNECTION_LOST
+
+
 cdef class Client(WSListener):
     """One WebSocket connection: the picows listener and the registry entry.
 
@@ -122,6 +159,10 @@ cdef class Client(WSListener):
         bint _frag_open
         bytearray _frag_buf
         bytes _utf8_tail
+        # inbound rate limit: a token bucket, on when Hub.msg_rate > 0
+        double _tokens
+        double _tokens_at
+        int _why                       # R_*: why it is closing (set once)
 
     def __cinit__(self):
         self._index = -1
@@ -133,6 +174,8 @@ cdef class Client(WSListener):
         self.transport = transport
         self._raw = <Transport?>transport.underlying_transport
         self.connected_at = self.last_seen = _now()
+        self._tokens = self._hub.msg_burst
+        self._tokens_at = self.connected_at
         self.remote = self._raw.get_extra_info("peername")
         # The handshake request and response are not needed any more: release them,
         # and shrink picows' per-connection write buffer (used here only for control
@@ -148,6 +191,8 @@ cdef class Client(WSListener):
         self._hub._on_connected(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
+        if self._why == R_OTHER:
+            self._why = _reason_from_close(transport)
         self._state = S_CLOSED
         self._hub._on_disconnected(self)
 
@@ -176,6 +221,10 @@ cdef class Client(WSListener):
         if t == WSMsgType.TEXT or t == WSMsgType.BINARY:
             if self._frag_open:
                 self.fail(1002, "new data frame inside a fragmented message")
+                return
+            if self._hub.msg_rate > 0 and not self._take_token():
+                self._why = R_RATE_LIMITED
+                self.fail(1008, "rate limit exceeded")
                 return
             if frame.fin:
                 if frame.payload_size > self._hub.max_message_size:
@@ -238,8 +287,23 @@ cdef class Client(WSListener):
                 self.fail(1002, "invalid close code %d" % code)
                 return
         self._state = S_CLOSING
+        if self._why == R_OTHER:
+            self._why = R_CLIENT_CLOSE
         self.transport.send_close(<WSCloseCode>code)
         self.transport.disconnect()
+
+    cdef inline bint _take_token(self) noexcept:
+        """Token bucket: refill at Hub.msg_rate per second up to Hub.msg_burst, take one."""
+        cdef double now = self.last_seen
+        cdef double tokens = self._tokens + (now - self._tokens_at) * self._hub.msg_rate
+        if tokens > self._hub.msg_burst:
+            tokens = self._hub.msg_burst
+        self._tokens_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
 
     # -- used by the server ------------------------------------------------------
 
@@ -248,6 +312,8 @@ cdef class Client(WSListener):
         if self._state != S_OPEN:
             return
         self._state = S_CLOSING
+        if self._why == R_OTHER:
+            self._why = _reason_for_code(code)
         self._hub.protocol_errors += 1
         if self._hub._debug:
             _logger.debug("closing %s: %d %s", self.remote, code, reason)
@@ -259,6 +325,8 @@ cdef class Client(WSListener):
         if self._state != S_OPEN:
             return
         self._state = S_CLOSING
+        if self._why == R_OTHER:
+            self._why = R_SERVER_CLOSE
         self.transport.send_close(<WSCloseCode>code, reason.encode())
 
     cpdef abort(self):
@@ -266,6 +334,8 @@ cdef class Client(WSListener):
         if self._state == S_CLOSED:
             return
         self._state = S_CLOSING
+        if self._why == R_OTHER:
+            self._why = R_SERVER_CLOSE
         self.transport.disconnect(False)
 
     def send(self, message):
@@ -335,6 +405,10 @@ cdef class Hub:
         readonly unsigned long long encode_errors
         readonly unsigned long long messages_in
         public unsigned long long protocol_errors
+        # per-client inbound rate limit (messages/s, 0 = off) and bucket size
+        public double msg_rate
+        public double msg_burst
+        unsigned long long _disconnects[R_COUNT]   # by R_* reason
 
     def __cinit__(self):
         self._clients = []
@@ -391,6 +465,7 @@ cdef class Hub:
             self._n_dropping -= 1
         if c._index >= 0:
             self._remove(c)
+            self._disconnects[c._why] += 1
             if self.on_disconnect is not None:
                 self.on_disconnect(c)
 
@@ -404,6 +479,19 @@ cdef class Hub:
             moved._index = i
         del clients[last]
         c._index = -1
+
+    def _attach_transport(self, raw):
+        """Register an aiofastnet transport without a WebSocket handshake.
+
+        For micro-benchmarks and tests of the fan-out alone (``bench/bench_core.py``):
+        the client has no picows transport, so only broadcasts reach it.
+        """
+        cdef Client c = Client()
+        c._hub = self
+        c._raw = <Transport?>raw
+        c._index = len(self._clients)
+        self._clients.append(c)
+        return c
 
     @property
     def clients(self):
@@ -441,8 +529,10 @@ cdef class Hub:
                                 c.remote, c._raw.get_write_buffer_size())
                 self.slow_disconnects += 1
                 n += 1
+                c._why = R_SLOW_CLIENT
                 c.abort()
                 self._remove(c)
+                self._disconnects[R_SLOW_CLIENT] += 1
                 if self.on_disconnect is not None:
                     self.on_disconnect(c)
         return n
@@ -548,6 +638,7 @@ cdef class Hub:
                     # closing (heartbeat timeout, close handshake, error): skip and forget
                     self._remove(c)
                     self.closed_skipped += 1
+                    self._disconnects[c._why] += 1
                     gone += 1
                     if self.on_disconnect is not None:
                         self.on_disconnect(c)
@@ -619,6 +710,7 @@ cdef class Hub:
                 dead.append(c)
         for c in dead:
             c._state = S_CLOSING
+            c._why = R_HEARTBEAT
             c.transport.send_close(WSCloseCode.GOING_AWAY, b"heartbeat timeout")
             c.transport.disconnect(False)
         return len(dead)
@@ -631,6 +723,8 @@ cdef class Hub:
         for c in list(self._clients):
             if c._state == S_OPEN:
                 c._state = S_CLOSING
+                if c._why == R_OTHER:
+                    c._why = R_SERVER_CLOSE
                 c.transport.send_close(<WSCloseCode>code, r)
                 n += 1
         return n
@@ -654,6 +748,7 @@ cdef class Hub:
             "encode_errors": self.encode_errors,
             "messages_in": self.messages_in,
             "protocol_errors": self.protocol_errors,
+            "disconnect_reasons": {DISCONNECT_REASONS[i]: self._disconnects[i] for i in range(R_COUNT)},
         }
 
 
@@ -681,3 +776,22 @@ def encode_frame(item, encoder=None):
     memcpy(out, header, h)
     memcpy(out + h, p, n)
     return frame
+
+
+cdef class NullTransport(Transport):
+    """An in-memory transport whose C-level write only counts bytes.
+
+    For micro-benchmarks of the fan-out without the kernel (``bench/bench_core.py``).
+    """
+
+    cdef readonly Py_ssize_t written
+    cdef readonly Py_ssize_t writes
+
+    cdef NoResult write_c(self, char* ptr, Py_ssize_t sz) except NoResult.EXC:
+        self.written += sz
+        self.writes += 1
+        return NoResult.OK
+
+    def write(self, data):
+        self.written += len(data)
+        self.writes += 1

@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from .config import FRAMEWORK_KEYS
+
 __all__ = ["ComposedComponent"]
 
 
@@ -32,22 +34,7 @@ class ComposedComponent:
     """
 
     #: Keys that frameworks put into component configs; accepted and ignored.
-    FRAMEWORK_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "type",
-            "name",
-            "description",
-            "retry_enabled",
-            "max_retries",
-            "retry_delay",
-            "schema_validation_enabled",
-            "metrics_enabled",
-            "tracing_enabled",
-            "logging_enabled",
-            "timeout",
-            "qos",
-        }
-    )
+    FRAMEWORK_KEYS: ClassVar[frozenset[str]] = FRAMEWORK_KEYS
 
     def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
         self.name = name

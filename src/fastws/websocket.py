@@ -10,6 +10,7 @@ from ._core import encode_frame
 from .component import ComposedComponent
 from .config import ServerConfig
 from .exceptions import EncodeError
+from .pacing import Pacer
 from .server import Server
 
 __all__ = ["WebSocketComponent"]
@@ -81,10 +82,14 @@ class WebSocketComponent(ComposedComponent):
     def _broadcast(self, items: list[Any]) -> list[dict[str, Any]]:
         """Publish ``items`` and write them to every client in one flush."""
         hub = self.server.hub
+        # workers/backplane (docs/_scaling.md): encoded once, to the other nodes and/or the workers
+        relay = self.server.backplane is not None or self.server.workers is not None
         errors: dict[int, str] = {}
         for i, item in enumerate(items):
             try:
-                if hub is not None:
+                if relay:
+                    self.server.broadcast(item)
+                elif hub is not None:
                     hub.publish(item)
                 else:  # the server is not running: still report what cannot be serialized
                     encode_frame(item)
@@ -94,7 +99,9 @@ class WebSocketComponent(ComposedComponent):
                 self.record_error(str(exc))
                 self.logger.error("%s: item not broadcast: %s", self.name, exc)
         sent = gone = 0
-        if hub is not None:
+        if self.server.workers is not None:
+            sent = self.server.flush()  # the clients of all workers, as counted at the handshake
+        elif hub is not None:
             sent = hub.flush()
             gone = hub.last_disconnected
         results = []
@@ -112,6 +119,10 @@ class WebSocketComponent(ComposedComponent):
             return await super().process()  # a subclass changed the per-item behaviour
         stream = next(iter(self.receive_streams.values()), None)
         max_batch = self.server_config.max_batch
+        rate = self.server_config.broadcast_rate_limit
+        pacer = Pacer(rate) if rate is not None else None  # slows the input down, drops nothing
+        if pacer is not None:
+            max_batch = min(max_batch, pacer.max_batch)
         try:
             if stream is None:
                 return
@@ -131,6 +142,8 @@ class WebSocketComponent(ComposedComponent):
                         except anyio.EndOfStream:
                             ended = True
                             break
+                    if pacer is not None:
+                        await pacer.wait(len(batch))
                     try:
                         results = self._broadcast(batch)
                     except Exception as exc:  # not an encoding problem: keep serving

@@ -1,0 +1,224 @@
+"""``GET /health`` (JSON) and ``GET /metrics`` (Prometheus text format 0.0.4).
+
+Both are served on the WebSocket port (plain HTTP GET, no upgrade), or, when
+``metrics_port`` is set, only on a second small HTTP server on that port. Every
+number comes from ``Server.stats()``: counters are exact, not sampled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import HTTPResponse, Server
+
+__all__ = ["health", "render_metrics", "install", "MetricsHTTPServer"]
+
+logger = logging.getLogger("fastws.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def health(server: Server) -> dict[str, Any]:
+    """``{"status": "ok"|"stopped", "connections": n, "uptime": seconds, ...}``."""
+    s = server.stats()
+    return {
+        "status": "ok" if server.is_serving else "stopped",
+        "connections": s["connections"],
+        "max_connections": server.config.max_connections,
+        "uptime": round(s["uptime"], 3),
+    }
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render_metrics(server: Server) -> str:
+    """The Prometheus text exposition of ``server.stats()``."""
+    s = server.stats()
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, value: Any = None,
+               by: tuple[str, dict[str, Any]] | None = None) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+        if by is None:
+            out.append(f"{name} {_num(value)}")
+        else:
+            label, values = by
+            for key in sorted(values):
+                out.append(f'{name}{{{label}="{_label(str(key))}"}} {_num(values[key])}')
+
+    metric("fastws_connections_open", "gauge", "WebSocket connections open now.", s["connections"])
+    metric("fastws_connections_max", "gauge", "Configured max_connections.", server.config.max_connections)
+    metric("fastws_connections_accepted_total", "counter",
+           "WebSocket connections accepted (handshake done, registered).", s.get("connections_total", 0))
+    metric("fastws_connections_rejected_total", "counter",
+           "Connection attempts refused, by reason (auth at the handshake, max_connections after it).",
+           by=("reason", s.get("rejected", {})))
+    metric("fastws_disconnects_total", "counter", "Registered connections that ended, by reason.",
+           by=("reason", s.get("disconnect_reasons", {})))
+    metric("fastws_handshake_timeouts_total", "counter",
+           "TCP connections dropped for not completing the upgrade within handshake_timeout.",
+           s.get("handshake_timeouts", 0))
+    metric("fastws_heartbeat_timeouts_total", "counter", "Clients closed for not answering a ping in time.",
+           s.get("heartbeat_timeouts", 0))
+    metric("fastws_broadcasts_total", "counter", "Messages broadcast (published).", s.get("messages", 0))
+    metric("fastws_deliveries_total", "counter", "Messages written to a client (broadcasts x clients).",
+           s.get("deliveries", 0))
+    metric("fastws_sent_bytes_total", "counter", "Bytes of broadcast frames written to clients.",
+           s.get("bytes_out", 0))
+    metric("fastws_flushes_total", "counter", "Fan-out rounds (one write per client each).", s.get("flushes", 0))
+    metric("fastws_slow_client_dropped_messages_total", "counter",
+           "Messages skipped for clients over max_queued_bytes (drop policy).", s.get("dropped", 0))
+    metric("fastws_slow_client_disconnects_total", "counter",
+           "Clients disconnected for being over max_queued_bytes (disconnect policy).",
+           s.get("slow_disconnects", 0))
+    metric("fastws_slow_clients_dropping", "gauge", "Clients currently skipped by the drop policy.",
+           s.get("dropping_clients", 0))
+    metric("fastws_received_messages_total", "counter", "Messages received from clients.", s.get("messages_in", 0))
+    metric("fastws_protocol_errors_total", "counter",
+           "Clients fastws closed for a bad frame or a policy (1002/1007/1008/1009).", s.get("protocol_errors", 0))
+    metric("fastws_encode_errors_total", "counter", "Broadcast items that could not be serialized.",
+           s.get("encode_errors", 0))
+    metric("fastws_uptime_seconds", "gauge", "Seconds since the server started.", round(s.get("uptime", 0.0), 3))
+    rss = _rss_bytes()
+    if rss is not None:
+        metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss)
+    out.append("")
+    return "\n".join(out)
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    return repr(float(v))
+
+
+def health_route(server: Server) -> Callable[[Any], HTTPResponse]:
+    def route(request: Any) -> HTTPResponse:
+        body = msgspec.json.encode(health(server))
+        return 200, {"Content-Type": "application/json", "Cache-Control": "no-store"}, body
+
+    return route
+
+
+def metrics_route(server: Server) -> Callable[[Any], HTTPResponse]:
+    def route(request: Any) -> HTTPResponse:
+        return 200, {"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"}, render_metrics(server).encode()
+
+    return route
+
+
+def routes(server: Server) -> dict[str, Callable[[Any], HTTPResponse]]:
+    c = server.config
+    found: dict[str, Callable[[Any], HTTPResponse]] = {}
+    if c.health_path is not None:
+        found[c.health_path] = health_route(server)
+    if c.metrics_path is not None:
+        found[c.metrics_path] = metrics_route(server)
+    return found
+
+
+def install(server: Server) -> None:
+    """Serve health and metrics on the WebSocket port (when ``metrics_port`` is not set)."""
+    if server.config.metrics_port is None:
+        for path, route in routes(server).items():
+            server.add_route(path, route)
+
+
+class MetricsHTTPServer:
+    """A tiny HTTP/1.1 server for ``metrics_port``: GET/HEAD of the health and metrics paths.
+
+    One request per connection (``Connection: close``); the request head must arrive
+    within ``handshake_timeout`` and fit in 8 KiB.
+    """
+
+    MAX_HEAD = 8192
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.routes = routes(server)
+        self._srv: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.requests = 0
+
+    async def start(self, host: str, port: int) -> None:
+        self._srv = await asyncio.start_server(self._handle, host, port, limit=self.MAX_HEAD)
+
+    @property
+    def port(self) -> int | None:
+        if self._srv is None or not self._srv.sockets:
+            return None
+        return self._srv.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._srv is None:
+            return
+        srv, self._srv = self._srv, None
+        srv.close()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await srv.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            status, headers, body, head_only = await self._respond(reader)
+            self.requests += 1
+            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                      408: "Request Timeout", 431: "Request Header Fields Too Large"}.get(status, "Error")
+            lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}", "Connection: close"]
+            lines += [f"{k}: {v}" for k, v in headers.items()]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body))
+            await asyncio.wait_for(writer.drain(), self.server.config.close_timeout or 1.0)
+        except (OSError, TimeoutError, asyncio.CancelledError):
+            pass
+        except Exception:  # pragma: no cover - a bug here must not take the server down
+            logger.exception("metrics request failed")
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes, bool]:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.server.config.handshake_timeout)
+        except TimeoutError:
+            return 408, {}, b"408 Request Timeout", False
+        except asyncio.LimitOverrunError:
+            return 431, {}, b"431 Request Header Fields Too Large", False
+        except asyncio.IncompleteReadError:
+            return 400, {}, b"400 Bad Request", False
+        parts = head.split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return 400, {}, b"400 Bad Request", False
+        method, target = parts[0], parts[1]
+        if method not in (b"GET", b"HEAD"):
+            return 405, {"Allow": "GET, HEAD"}, b"405 Method Not Allowed", False
+        route = self.routes.get(target.split(b"?", 1)[0].decode("latin-1"))
+        if route is None:
+            return 404, {}, b"404 Not Found", method == b"HEAD"
+        status, headers, body = route(None)
+        return status, headers, body, method == b"HEAD"

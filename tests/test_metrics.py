@@ -1,0 +1,218 @@
+"""GET /health and GET /metrics: exact counters, Prometheus text format, a separate port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from fastws.metrics import render_metrics
+from tests.utils import TIMEOUT, RawClient, raw_http, running_server, url, wait_for
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\})? (\S+)$')
+
+
+def parse_prometheus(text: str) -> dict[str, float | dict[str, float]]:
+    """Parse the exposition format strictly enough to catch mistakes; {name: value | {label: value}}."""
+    assert text.endswith("\n")
+    out: dict[str, float | dict[str, float]] = {}
+    helped, typed = set(), {}
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            helped.add(line.split(" ", 3)[2])
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in ("counter", "gauge"), line
+            assert name not in typed, f"duplicate TYPE for {name}"
+            typed[name] = kind
+        else:
+            m = _SAMPLE.match(line)
+            assert m, f"bad sample line: {line!r}"
+            name, _, _, label_value, value = m.groups()
+            assert name in typed and name in helped, f"sample before its TYPE/HELP: {line!r}"
+            if typed[name] == "counter":
+                assert name.endswith("_total"), name
+            if label_value is None:
+                out[name] = float(value)
+            else:
+                out.setdefault(name, {})[label_value] = float(value)
+    return out
+
+
+async def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    return await raw_http(port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+
+
+async def metrics(port: int, path: str = "/metrics") -> dict:
+    status, headers, body = await get(port, path)
+    assert status == 200
+    assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return parse_prometheus(body.decode())
+
+
+async def test_health_reports_status_connections_uptime():
+    async with running_server() as server:
+        async with connect(url(server)), connect(url(server)):
+            await wait_for(lambda: server.connection_count == 2)
+            status, headers, body = await get(server.port, "/health")
+        assert status == 200
+        assert headers["content-type"] == "application/json"
+        health = json.loads(body)
+        assert health["status"] == "ok"
+        assert health["connections"] == 2
+        assert health["max_connections"] == 100
+        assert 0 <= health["uptime"] < 60
+
+
+async def test_metrics_counters_are_exact():
+    n, m = 5, 7
+    async with running_server(max_connections=n + 1, heartbeat_interval=0.2, heartbeat_timeout=0.3) as server:
+        clients = [await connect(url(server)) for _ in range(n)]
+        silent = await RawClient.connect(server.port)  # never answers a ping
+        await wait_for(lambda: server.connection_count == n + 1)
+        extra = await connect(url(server))  # over max_connections: 101, then CLOSE 1008
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(TIMEOUT):
+                await extra.recv()
+        await wait_for(lambda: server.connection_count == n)  # the heartbeat removed the silent one
+        assert await silent.closed()
+        silent.close()
+        for _ in range(m):
+            server.broadcast("x" * 10)  # a 12-byte frame
+            await asyncio.sleep(0)
+        for ws in clients:
+            async with asyncio.timeout(TIMEOUT):
+                assert [await ws.recv() for _ in range(m)] == ["x" * 10] * m
+        await clients[0].close()  # client_close
+        bad = clients[1]
+        await bad.send("fine")  # counted as a received message
+        await wait_for(lambda: server.stats()["messages_in"] == 1)
+        raw_bad = await RawClient.connect(server.port)
+        raw_bad.send_frame(0x1, b"\xff")  # invalid UTF-8: protocol_error
+        assert (await raw_bad.read_frame())[0] == 0x8
+        assert await raw_bad.closed()
+        raw_bad.close()
+        await wait_for(lambda: server.connection_count == n - 1)
+        got = await metrics(server.port)
+
+        assert got["fastws_connections_open"] == n - 1
+        assert got["fastws_connections_max"] == n + 1
+        assert got["fastws_connections_accepted_total"] == n + 2  # n + silent + raw_bad
+        assert got["fastws_connections_rejected_total"] == {"max_connections": 1}
+        assert got["fastws_broadcasts_total"] == m
+        assert got["fastws_deliveries_total"] == n * m
+        assert got["fastws_sent_bytes_total"] == n * m * 12
+        assert got["fastws_flushes_total"] == m
+        assert got["fastws_heartbeat_timeouts_total"] == 1
+        assert got["fastws_received_messages_total"] == 1
+        assert got["fastws_protocol_errors_total"] == 1
+        disconnects = got["fastws_disconnects_total"]
+        assert {k: v for k, v in disconnects.items() if v} == {
+            "heartbeat_timeout": 1, "client_close": 1, "protocol_error": 1,
+        }
+        assert set(disconnects) >= {"connection_lost", "slow_client", "rate_limited", "message_too_big"}
+        assert got["fastws_slow_client_dropped_messages_total"] == 0
+        assert got["fastws_slow_client_disconnects_total"] == 0
+        assert got["fastws_handshake_timeouts_total"] == 0
+        assert got["process_resident_memory_bytes"] > 1 << 20
+        for ws in clients[1:]:
+            await ws.close()
+        await wait_for(lambda: server.connection_count == 0)
+        got = await metrics(server.port)
+        assert got["fastws_disconnects_total"]["client_close"] == n
+        s = server.stats()
+        assert sum(s["disconnect_reasons"].values()) == s["disconnects"] == n + 2
+
+
+async def test_connection_lost_and_slow_client_drops_are_counted():
+    cap = 64 * 1024
+    async with running_server(max_queued_bytes=cap, slow_client_policy="drop") as server:
+        good = await connect(url(server), max_size=None)
+        stuck = await RawClient.connect(server.port, rcvbuf=4096)
+        gone = await RawClient.connect(server.port)
+        await wait_for(lambda: server.connection_count == 3)
+        gone.close()  # TCP FIN without a closing handshake
+        await wait_for(lambda: server.connection_count == 2)
+        chunk = "z" * 16384
+        sent = 0
+        for _ in range(400):
+            server.broadcast(chunk)
+            sent += 1
+            await asyncio.sleep(0.002)
+            if server.stats()["dropped"] >= 3:
+                break
+        server.broadcast("END")
+        sent += 1
+        received = 0
+        async with asyncio.timeout(TIMEOUT):
+            while await good.recv() != "END":
+                received += 1
+        assert received + 1 == sent  # the good client got everything
+        got = await metrics(server.port)
+        s = server.stats()
+        assert got["fastws_slow_client_dropped_messages_total"] == s["dropped"] >= 3
+        assert got["fastws_slow_clients_dropping"] == 1
+        assert got["fastws_disconnects_total"]["connection_lost"] == 1
+        # every broadcast reached each client, or was counted as dropped for it
+        assert s["deliveries"] + s["dropped"] == 2 * sent
+        stuck.close()
+        await good.close()
+
+
+async def test_separate_metrics_port():
+    async with running_server(metrics_port=0, handshake_timeout=0.3) as server:
+        mport = server.metrics_port
+        assert mport and mport != server.port
+        async with connect(url(server)):
+            await wait_for(lambda: server.connection_count == 1)
+            status, _, body = await get(mport, "/health")
+            assert status == 200 and json.loads(body)["connections"] == 1
+            assert (await metrics(mport))["fastws_connections_open"] == 1
+        # not on the WebSocket port any more
+        assert (await get(server.port, "/metrics"))[0] == 404
+        assert (await get(server.port, "/health"))[0] == 404
+        assert (await get(mport, "/other"))[0] == 404
+        status, headers, body = await raw_http(mport, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 200 and body == b"" and int(headers["content-length"]) > 100
+        assert (await raw_http(mport, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n"))[0] == 405
+        assert (await raw_http(mport, b"garbage\r\n\r\n"))[0] == 400
+        assert (await raw_http(mport, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 10000))[0] == 431
+        assert (await raw_http(mport, b"GET /metrics HTTP/1.1\r\n"))[0] == 408  # never finished
+        # the WebSocket port still serves
+        async with connect(url(server)) as ws:
+            await wait_for(lambda: server.connection_count == 1)
+            server.broadcast("ok")
+            async with asyncio.timeout(TIMEOUT):
+                assert await ws.recv() == "ok"
+    assert server.metrics_port is None
+
+
+async def test_paths_are_configurable_and_can_be_turned_off():
+    async with running_server(health_path=None, metrics_path="/internal/metrics") as server:
+        assert (await get(server.port, "/health"))[0] == 404
+        assert "fastws_connections_open" in await metrics(server.port, "/internal/metrics")
+
+
+async def test_metrics_is_not_an_upgrade_target():
+    """An upgrade request to /metrics opens a WebSocket like any path (routes are for plain GET)."""
+    async with running_server() as server:
+        raw = await RawClient.connect(server.port, path="/metrics")
+        await wait_for(lambda: server.connection_count == 1)
+        raw.close()
+        await wait_for(lambda: server.connection_count == 0)
+
+
+def test_label_values_are_escaped():
+    class Fake:
+        config = type("C", (), {"max_connections": 1})()
+
+        def stats(self):
+            return {"connections": 0, "rejected": {'we"ird\\reason\n': 2}, "uptime": 1.5}
+
+    text = render_metrics(Fake())
+    assert 'fastws_connections_rejected_total{reason="we\\"ird\\\\reason\\n"} 2\n' in text
+    parse_prometheus(text)

@@ -1,0 +1,155 @@
+"""wss:// with a certificate made at test time (trustme): fan-out, backlog, config errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+
+import pytest
+import trustme
+from websockets.asyncio.client import connect
+
+import fastws
+from fastws.cli import _server_config, build_parser
+from tests.utils import TIMEOUT, running_server, wait_for
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def cert_files(ca, tmp_path_factory):
+    """(certfile, keyfile) for 127.0.0.1 and localhost, signed by ``ca``."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    d = tmp_path_factory.mktemp("tls")
+    certfile, keyfile = d / "cert.pem", d / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(certfile)
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(certfile, append=True)
+    cert.private_key_pem.write_to_path(keyfile)
+    return str(certfile), str(keyfile)
+
+
+@pytest.fixture(scope="module")
+def client_ctx(ca):
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(ctx)
+    return ctx
+
+
+def wss(server):
+    return f"wss://127.0.0.1:{server.port}/"
+
+
+async def test_config_ssl_serves_wss_and_fans_out(cert_files, client_ctx):
+    certfile, keyfile = cert_files
+    n_clients, n_messages = 10, 30
+    async with running_server(ssl={"certfile": certfile, "keyfile": keyfile}) as server:
+        clients = [await connect(wss(server), ssl=client_ctx) for _ in range(n_clients)]
+        await wait_for(lambda: server.connection_count == n_clients)
+        assert all(c.transport.is_secure for c in server.clients)
+        for i in range(n_messages):
+            assert server.broadcast({"seq": i}) == n_clients
+            if i % 3 == 2:
+                await asyncio.sleep(0)  # several items per turn, several turns
+        for ws in clients:
+            async with asyncio.timeout(TIMEOUT):
+                got = [json.loads(await ws.recv())["seq"] for _ in range(n_messages)]
+            assert got == list(range(n_messages))
+            await ws.close()
+        stats = server.stats()
+        assert stats["deliveries"] == n_clients * n_messages
+        assert stats["flushes"] == 10
+
+
+async def test_ssl_context_from_python_and_large_frames_through_the_tls_backlog(cert_files, client_ctx):
+    """Frames far bigger than a TLS record and the socket buffer: write_c queues the rest, in order."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*cert_files)
+    async with running_server(ssl_context=ctx, max_queued_bytes=64 << 20) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel takes little at a time
+        sock.connect(("127.0.0.1", server.port))
+        async with connect(wss(server), sock=sock, ssl=client_ctx, server_hostname="127.0.0.1",
+                           max_size=None) as ws:
+            await wait_for(lambda: server.connection_count == 1)
+            sizes = [0, 125, 70_000, 1_000_000, 3, 2_500_000]
+            for i, size in enumerate(sizes):
+                server.broadcast(str(i % 10) * size)
+            assert server.flush() == 1
+            assert server.clients[0].write_buffer_size() > 0  # the TLS transport holds a backlog
+            for i, size in enumerate(sizes):
+                async with asyncio.timeout(TIMEOUT):
+                    msg = await ws.recv()
+                assert msg == str(i % 10) * size
+            await wait_for(lambda: server.clients[0].write_buffer_size() == 0)
+
+
+async def test_plain_client_on_a_tls_port_does_not_disturb_others(cert_files, client_ctx):
+    certfile, keyfile = cert_files
+    async with running_server(ssl={"certfile": certfile, "keyfile": keyfile}) as server:
+        good = await connect(wss(server), ssl=client_ctx)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        async with asyncio.timeout(TIMEOUT):
+            rest = await reader.read()  # the TLS layer refuses plain text and closes
+        assert b"101" not in rest
+        writer.close()
+        await writer.wait_closed()
+        assert server.broadcast("still here") == 1
+        async with asyncio.timeout(TIMEOUT):
+            assert await good.recv() == "still here"
+        await good.close()
+
+
+async def test_health_over_https(cert_files, client_ctx):
+    certfile, keyfile = cert_files
+    async with running_server(ssl={"certfile": certfile, "keyfile": keyfile}) as server:
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client_ctx,
+                                                           server_hostname="127.0.0.1")
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            data = await reader.read()
+        writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert json.loads(body)["status"] == "ok"
+
+
+@pytest.mark.parametrize("which", ["certfile", "keyfile"])
+async def test_missing_files_name_the_key(cert_files, tmp_path, which):
+    certfile, keyfile = cert_files
+    files = {"certfile": certfile, "keyfile": keyfile, which: str(tmp_path / "nope.pem")}
+    server = fastws.Server(host="127.0.0.1", port=0, ssl=files)
+    with pytest.raises(fastws.ConfigError, match=rf"config\.ssl\.{which}: no such file"):
+        await server.start()
+    assert not server.is_serving
+
+
+async def test_key_that_does_not_match_names_certfile(ca, cert_files, tmp_path):
+    other = ca.issue_cert("other.example")
+    keyfile = tmp_path / "other-key.pem"
+    other.private_key_pem.write_to_path(keyfile)
+    server = fastws.Server(host="127.0.0.1", port=0, ssl={"certfile": cert_files[0], "keyfile": str(keyfile)})
+    with pytest.raises(fastws.ConfigError, match=r"config\.ssl\.certfile: cannot load"):
+        await server.start()
+
+
+def test_ssl_config_errors_name_the_key():
+    with pytest.raises(fastws.ConfigError, match=r"config\.ssl: object contains unknown field `cert`"):
+        fastws.ServerConfig.from_dict({"ssl": {"cert": "x.pem"}})
+    with pytest.raises(fastws.ConfigError, match=r"config\.ssl\.certfile: must name a PEM file"):
+        fastws.ServerConfig.from_dict({"ssl": {"certfile": ""}})
+
+
+def test_cli_flags_build_the_ssl_config():
+    args = build_parser().parse_args(["serve", "--certfile", "c.pem", "--keyfile", "k.pem"])
+    config = fastws.ServerConfig.from_dict(_server_config(args))
+    assert config.ssl == fastws.config.SSLConfig(certfile="c.pem", keyfile="k.pem")
+    args = build_parser().parse_args(["serve", "--keyfile", "k.pem"])
+    with pytest.raises(fastws.ConfigError, match="options.certfile"):
+        _server_config(args)
