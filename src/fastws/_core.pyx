@@ -539,8 +539,9 @@ cdef class Hub:
 
     # -- encoding ------------------------------------------------------------------
 
-    cdef inline _append(self, const char* payload, Py_ssize_t n, uint8_t opcode):
-        cdef Py_ssize_t need = self._tick_len + n + 10
+    cdef inline int _reserve(self, Py_ssize_t n) except -1:
+        """Make room for ``n`` more bytes in the tick buffer."""
+        cdef Py_ssize_t need = self._tick_len + n
         cdef Py_ssize_t cap = self._tick_cap
         cdef char* p
         if need > cap:
@@ -551,10 +552,22 @@ cdef class Hub:
                 raise MemoryError()
             self._tick = p
             self._tick_cap = cap
+        return 0
+
+    cdef inline int _queued(self) except -1:
+        """Count one more queued frame and make sure a flush is scheduled."""
+        self._tick_frames += 1
+        self.messages += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_cb)
+        return 0
+
+    cdef inline _append(self, const char* payload, Py_ssize_t n, uint8_t opcode):
+        self._reserve(n + 10)
         cdef Py_ssize_t h = _write_header(<uint8_t*>(self._tick + self._tick_len), opcode, n)
         memcpy(self._tick + self._tick_len + h, payload, n)
         self._tick_len += h + n
-        self._tick_frames += 1
 
     cdef int _encode_append(self, item) except -1:
         cdef Py_ssize_t n
@@ -578,33 +591,16 @@ cdef class Hub:
         Raises ``EncodeError`` (nothing is queued) when ``item`` cannot be serialized.
         """
         self._encode_append(item)
-        self.messages += 1
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_cb)
+        self._queued()
         return len(self._clients) - self._n_dropping
 
     cpdef Py_ssize_t publish_frame(self, bytes frame) except -1:
         """Queue a complete frame made by ``encode_frame`` (e.g. received from a backplane)."""
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
-        cdef Py_ssize_t need = self._tick_len + n
-        cdef char* p
-        if need > self._tick_cap:
-            cap = self._tick_cap
-            while cap < need:
-                cap *= 2
-            p = <char*>PyMem_Realloc(self._tick, cap)
-            if p == NULL:
-                raise MemoryError()
-            self._tick = p
-            self._tick_cap = cap
+        self._reserve(n)
         memcpy(self._tick + self._tick_len, PyBytes_AS_STRING(frame), n)
         self._tick_len += n
-        self._tick_frames += 1
-        self.messages += 1
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_cb)
+        self._queued()
         return len(self._clients) - self._n_dropping
 
     def encode_frame(self, item):
