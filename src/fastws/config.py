@@ -183,8 +183,8 @@ def _check(c: ServerConfig) -> None:
 def _check_scaling(c: ServerConfig, bad: Any) -> None:
     if c.workers != "auto" and c.workers < 1:
         raise bad("workers", "must be a positive integer or 'auto'", c.workers)
-    if c.backplane is not None and c.backplane.partition("://")[0] not in ("redis", "rediss", "nats", "tls"):
-        raise bad("backplane", "must be a redis://host:port/db or nats://host:port URL", c.backplane)
+    if c.backplane is not None and c.backplane.partition("://")[0] not in ("redis", "rediss", "nats", "tls", "memory"):
+        raise bad("backplane", "must be a redis://host:port/db, nats://host:port or memory://name URL", c.backplane)
     if not c.backplane_channel or any(ch in c.backplane_channel for ch in " *>"):
         raise bad("backplane_channel", "must be a non-empty name without spaces, '*' or '>'", c.backplane_channel)
 

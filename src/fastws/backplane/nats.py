@@ -1,0 +1,84 @@
+"""NATS core pub/sub backplane (``nats://host:port``), on ``nats-py``.
+
+One connection per node, ``no_echo``: the server does not send a node its own
+messages back. nats-py's own reconnection is off; the backplane's loop reconnects,
+with the same backoff and counters as the other brokers. Core NATS keeps nothing
+(no JetStream): a node that is not subscribed when a message is published does not
+get it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from . import Backplane
+
+__all__ = ["NatsBackplane"]
+
+logger = logging.getLogger("fastws.backplane")
+
+
+class NatsBackplane(Backplane):
+    def __init__(self, url: str, channel: str = "fastws", **options: Any) -> None:
+        try:
+            import nats  # noqa: F401
+        except ImportError:
+            from ..exceptions import ConfigError
+
+            raise ConfigError("backplane: nats:// needs the nats-py package (pip install nats-py)") from None
+        super().__init__(url, channel, **options)
+        self._nc: Any = None
+        self._closed: asyncio.Event | None = None
+
+    async def _connect(self) -> None:
+        import nats
+
+        closed = self._closed = asyncio.Event()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        async def on_error(exc: Exception) -> None:
+            logger.debug("backplane %s: nats: %r", self.safe_url, exc)
+
+        self._nc = await nats.connect(
+            self.url,
+            name=f"fastws-{self.node_id.decode()}",
+            allow_reconnect=False,
+            connect_timeout=2,
+            no_echo=True,
+            closed_cb=on_closed,
+            disconnected_cb=on_closed,
+            error_cb=on_error,
+        )
+        self.max_batch_bytes = min(type(self).max_batch_bytes, self._nc.max_payload - 64)
+        on_message = self._on_message
+
+        async def on_msg(msg: Any) -> None:
+            on_message(msg.data)
+
+        await self._nc.subscribe(self.channel, cb=on_msg)
+        await self._nc.flush(timeout=2)  # the server has the subscription
+
+    async def _send(self, data: bytes) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            raise ConnectionError("not connected to NATS")
+        await nc.publish(self.channel, data)
+
+    async def _receive_forever(self) -> None:
+        assert self._closed is not None
+        await self._closed.wait()
+        raise ConnectionError("connection to NATS lost")
+
+    async def _close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            await nc.close()
+
+    def _is_connection_error(self, exc: BaseException) -> bool:
+        from nats.errors import MaxPayloadError
+
+        return not isinstance(exc, MaxPayloadError)

@@ -1,0 +1,73 @@
+"""Redis pub/sub backplane (``redis://host:port/db``), on ``redis.asyncio``.
+
+Two connections per node: one publishes (``PUBLISH channel batch``, awaited, so
+batches go out in order and the next batch collects what was broadcast meanwhile),
+one subscribes. Redis pub/sub keeps nothing: a node that is not subscribed when a
+message is published does not get it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import Backplane
+
+__all__ = ["RedisBackplane"]
+
+
+class RedisBackplane(Backplane):
+    def __init__(self, url: str, channel: str = "fastws", **options: Any) -> None:
+        try:
+            import redis.asyncio  # noqa: F401
+        except ImportError:
+            from ..exceptions import ConfigError
+
+            raise ConfigError("backplane: redis:// needs the redis package (pip install redis)") from None
+        super().__init__(url, channel, **options)
+        self._pub: Any = None
+        self._sub: Any = None
+        self._ps: Any = None
+
+    async def _connect(self) -> None:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # No retries inside redis-py: a PUBLISH retried after a lost reply could be
+        # delivered twice. The backplane's own loop reconnects.
+        common = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0), "client_name": "fastws"}
+        self._pub = Redis.from_url(self.url, socket_timeout=5.0, **common)
+        self._sub = Redis.from_url(self.url, socket_timeout=None, **common)
+        await self._pub.ping()
+        self._ps = self._sub.pubsub()
+        await self._ps.subscribe(self.channel)
+        # wait for the confirmation: from here on, nothing published is missed
+        while True:
+            msg = await self._ps.get_message(timeout=2.0)
+            if msg is None:
+                raise ConnectionError("no subscription confirmation from Redis")
+            if msg["type"] == "subscribe":
+                return
+            if msg["type"] == "message":
+                self._on_message(msg["data"])
+
+    async def _send(self, data: bytes) -> None:
+        await self._pub.publish(self.channel, data)
+
+    async def _receive_forever(self) -> None:
+        ps = self._ps
+        on_message = self._on_message
+        while True:
+            msg = await ps.get_message(timeout=None)
+            if msg is not None and msg["type"] == "message":
+                on_message(msg["data"])
+
+    async def _close(self) -> None:
+        ps, sub, pub = self._ps, self._sub, self._pub
+        self._ps = self._sub = self._pub = None
+        if ps is not None:
+            await ps.aclose()
+        if sub is not None:
+            await sub.aclose()
+        if pub is not None:
+            await pub.aclose()

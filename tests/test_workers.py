@@ -1,0 +1,173 @@
+"""Worker processes sharing one port: every client of every worker gets every broadcast,
+max_connections holds for the whole server, a killed worker is replaced, and
+`fastws serve --workers 2` stops cleanly on SIGTERM. No broker needed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+import fastws
+from fastws.workers import resolve_workers
+from tests.utils import TIMEOUT, wait_for
+
+
+async def recv_json(ws):
+    async with asyncio.timeout(TIMEOUT):
+        return json.loads(await ws.recv())
+
+
+def test_workers_setting():
+    assert fastws.ServerConfig(workers="auto").workers == "auto"
+    assert resolve_workers("auto") == len(os.sched_getaffinity(0))
+    assert resolve_workers(3) == 3
+    with pytest.raises(fastws.ConfigError, match="workers"):
+        fastws.ServerConfig.from_dict({"workers": 0})
+
+
+async def test_clients_over_workers_all_receive_everything_and_a_killed_worker_is_replaced():
+    server = fastws.Server(host="127.0.0.1", port=0, workers=2, max_connections=1000)
+    await server.start()
+    clients = []
+    try:
+        assert server.port != 0 and len(server.workers.pids) == 2
+        n = 16  # SO_REUSEPORT hashes connections over both workers
+        clients = [await connect(f"ws://127.0.0.1:{server.port}/") for _ in range(n)]
+        await wait_for(lambda: server.connection_count == n)
+        per_worker = [w["connections"] for w in server.stats()["per_worker"]]
+        assert sum(per_worker) == n and all(per_worker), per_worker
+        m = 100
+        for i in range(m):
+            assert server.broadcast({"seq": i}) == n  # the clients of all workers
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        for ws in clients:
+            assert [(await recv_json(ws))["seq"] for _ in range(m)] == list(range(m))
+        # the workers' counters add up in the parent (reported every 0.5 s)
+        await wait_for(lambda: server.stats().get("deliveries") == n * m)
+        assert server.stats()["messages"] == m
+
+        # kill one worker: its clients are disconnected, a new worker takes its place
+        victim = server.workers.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        await wait_for(lambda: server.workers.restarts == 1 and server.workers.pids[0] not in (None, victim)
+                       and server.workers._workers[0].ready.done(), TIMEOUT * 2)
+        alive = []
+        for ws in clients:
+            try:
+                async with asyncio.timeout(0.5):
+                    await ws.recv()
+            except ConnectionClosed:
+                continue
+            except TimeoutError:
+                alive.append(ws)
+        assert len(alive) == per_worker[1]
+        await wait_for(lambda: server.connection_count == len(alive))
+        # the clients of the dead worker reconnect; everybody gets what comes next
+        for ws in clients:
+            if ws not in alive:
+                await ws.close()
+        clients = alive + [await connect(f"ws://127.0.0.1:{server.port}/") for _ in range(n - len(alive))]
+        await wait_for(lambda: server.connection_count == n)
+        server.broadcast({"after": True})
+        for ws in clients:
+            assert await recv_json(ws) == {"after": True}
+    finally:
+        for ws in clients:
+            await ws.close()
+        await server.stop()
+    assert not server.is_serving
+
+
+async def test_max_connections_holds_for_the_whole_server():
+    server = fastws.Server(host="127.0.0.1", port=0, workers=2, max_connections=5)
+    await server.start()
+    clients = []
+    try:
+        clients = [await connect(f"ws://127.0.0.1:{server.port}/") for _ in range(9)]
+        refused = 0
+        for ws in clients:
+            try:
+                async with asyncio.timeout(0.3):
+                    await ws.recv()
+            except ConnectionClosed as exc:
+                assert (exc.rcvd.code, exc.rcvd.reason) == (1008, "Max connections reached")
+                refused += 1
+            except TimeoutError:
+                pass
+        assert refused == 4
+        assert server.connection_count == 5
+        await wait_for(lambda: server.stats()["rejected"].get("max_connections") == 4)
+    finally:
+        for ws in clients:
+            await ws.close()
+        await server.stop()
+
+
+async def test_cli_serve_workers_broadcasts_stdin_and_stops_on_sigterm():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fastws", "--log-level", "WARNING", "serve", "--host", "127.0.0.1",
+        "--port", "0", "--workers", "2",
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    clients = []
+    try:
+        async with asyncio.timeout(TIMEOUT * 3):
+            while True:
+                line = (await proc.stderr.readline()).decode()
+                assert line, "fastws serve --workers 2 exited before it listened"
+                m = re.search(r"serving on ws://127\.0\.0\.1:(\d+)/", line)
+                if m:
+                    port = int(m.group(1))
+                    break
+        clients = [await connect(f"ws://127.0.0.1:{port}/") for _ in range(8)]
+        for i, ws in enumerate(clients):  # lines until each client has one: registered
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    proc.stdin.write(f"ready {i}\n".encode())
+                    await proc.stdin.drain()
+                    try:
+                        async with asyncio.timeout(0.2):
+                            while await ws.recv() != f"ready {i}":
+                                pass
+                            break
+                    except TimeoutError:
+                        continue
+        proc.stdin.write(b"".join(b"line %d\n" % k for k in range(50)))
+        await proc.stdin.drain()
+        for ws in clients:
+            got = []
+            async with asyncio.timeout(TIMEOUT):
+                while len(got) < 50:
+                    msg = await ws.recv()
+                    if msg.startswith("line "):
+                        got.append(msg)
+            assert got == [f"line {k}" for k in range(50)]
+        proc.send_signal(signal.SIGTERM)
+        for ws in clients:
+            with pytest.raises(ConnectionClosed) as info:
+                async with asyncio.timeout(TIMEOUT):
+                    while True:
+                        await ws.recv()
+            assert info.value.rcvd.code == 1001
+        async with asyncio.timeout(TIMEOUT * 2):
+            assert await proc.wait() == 0
+    finally:
+        for ws in clients:
+            await ws.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        proc.stdin.close()
+        async with asyncio.timeout(TIMEOUT):
+            await proc.stderr.read()  # until the workers, which share it, are gone too
