@@ -67,7 +67,7 @@ def _workers(text: str) -> int | str:
 
 
 def _add_scaling_options(p: argparse.ArgumentParser, d: ServerConfig) -> None:
-    """Worker processes and a backplane across machines (docs/_scaling.md)."""
+    """Worker processes and a backplane across machines (docs/reference.md)."""
     g = p.add_argument_group("scaling")
     g.add_argument("--workers", type=_workers, default=d.workers,
                    help="worker processes sharing the port (SO_REUSEPORT); 'auto': one per CPU core (default 1)")
@@ -100,7 +100,7 @@ def _optional_path(text: str) -> str | None:
 
 
 def _add_hardening_options(p: argparse.ArgumentParser, d: ServerConfig) -> None:
-    """TLS, authentication, limits, health and metrics (docs/_hardening.md)."""
+    """TLS, authentication, limits, health and metrics (docs/reference.md)."""
     g = p.add_argument_group("TLS and authentication")
     g.add_argument("--certfile", help="PEM certificate chain: serve wss:// (with --keyfile)")
     g.add_argument("--keyfile", help="PEM private key (default: the key is in --certfile)")
@@ -194,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":
+        # picows logs every connection and disconnection at INFO: with thousands of
+        # clients that is noise; --log-level DEBUG shows it
+        logging.getLogger("fastws.picows").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except FastWSError as exc:

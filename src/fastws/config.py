@@ -69,7 +69,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     slow_client_policy: Literal["disconnect", "drop"] = "disconnect"
     max_message_size: int = 1 * MiB
     handshake_timeout: float = 5.0
-    # hardening (docs/_hardening.md)
+    # hardening (docs/reference.md)
     ssl: SSLConfig | None = None
     auth: AuthConfig | None = None
     max_messages_per_second: float | None = None  # per client; over it: close 1008
@@ -84,7 +84,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     #: Serve the built-in live page (static/dashboard.html) on ``GET page_path``.
     page: bool = False
     page_path: str = "/"
-    # scaling (docs/_scaling.md)
+    # scaling (docs/reference.md)
     workers: int | Literal["auto"] = 1  # processes sharing the port; "auto": one per CPU core
     reuse_port: bool = False  # SO_REUSEPORT on the listening socket (set for each worker)
     backplane: str | None = None  # "redis://host:port/db" or "nats://host:port": fan out across nodes

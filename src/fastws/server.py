@@ -6,8 +6,8 @@ import asyncio
 import logging
 import ssl
 import time
-from http import HTTPStatus
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
@@ -91,14 +91,14 @@ class Server:
         self.disconnects = 0
         self._routes: dict[str, Callable[[WSUpgradeRequest], HTTPResponse]] = {}
         self._checks: list[Callable[[WSUpgradeRequest], Refusal | None]] = []
-        # hardening: TLS, auth checks, health/metrics routes (docs/_hardening.md)
+        # hardening: TLS, auth checks, health/metrics routes (docs/reference.md)
         self._ssl_context = ssl_context
         self.handshake_timeouts = 0
         self._picows_log = _PicowsLog(self)
         self._metrics_server: _metrics.MetricsHTTPServer | None = None
         _metrics.install(self)
         _auth.install(self, auth_check)
-        # scaling (docs/_scaling.md): worker processes, a backplane to other nodes
+        # scaling (docs/reference.md): worker processes, a backplane to other nodes
         self.workers: Any = None  # fastws.workers.WorkerPool in the parent of workers
         self.backplane: Any = None  # fastws.backplane.Backplane when ``backplane`` is set
         self._slots: Any = None  # fastws.workers.ConnectionSlots in a worker process
@@ -250,7 +250,7 @@ class Server:
         Raises :class:`fastws.EncodeError` for an item that cannot be serialized.
 
         With ``workers`` the count is the clients connected over all workers; with a
-        ``backplane`` it counts this node's clients only (docs/_scaling.md).
+        ``backplane`` it counts this node's clients only (docs/reference.md).
         """
         if self.backplane is None and self.workers is None:
             if self.hub is None:
@@ -308,7 +308,7 @@ class Server:
             s["cluster"] = self.backplane.cluster_stats()
         return s
 
-    # -- scaling: workers, backplane (docs/_scaling.md) -----------------------------------
+    # -- scaling: workers, backplane (docs/reference.md) -----------------------------------
 
     def _local_stats(self) -> dict[str, Any]:
         if self.workers is not None:

@@ -82,7 +82,7 @@ class WebSocketComponent(ComposedComponent):
     def _broadcast(self, items: list[Any]) -> list[dict[str, Any]]:
         """Publish ``items`` and write them to every client in one flush."""
         hub = self.server.hub
-        # workers/backplane (docs/_scaling.md): encoded once, to the other nodes and/or the workers
+        # workers/backplane (docs/reference.md): encoded once, to the other nodes and/or the workers
         relay = self.server.backplane is not None or self.server.workers is not None
         errors: dict[int, str] = {}
         for i, item in enumerate(items):
