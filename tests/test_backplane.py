@@ -14,11 +14,9 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import subprocess
-import sys
 import uuid
 
 import pytest
@@ -26,7 +24,7 @@ from websockets.asyncio.client import connect
 
 import fastws
 from fastws.backplane import create_backplane, split_frames
-from tests.utils import TIMEOUT, running_server, url, wait_for
+from tests.utils import TIMEOUT, running_server, spawn_serve, until_received, url, wait_for
 
 BROKERS = {"redis": ("redis://127.0.0.1:6379/0", 6379), "nats": ("nats://127.0.0.1:4222", 4222)}
 NATS_SERVER = shutil.which("nats-server") or ("/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None)
@@ -163,19 +161,7 @@ class Node:
 
     @classmethod
     async def start(cls, broker_url: str, ch: str) -> Node:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fastws", "--log-level", "WARNING", "serve", "--host", "127.0.0.1",
-            "--port", "0", "--backplane", broker_url, "--backplane-channel", ch,
-            stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        async with asyncio.timeout(TIMEOUT * 2):
-            while True:
-                line = (await proc.stderr.readline()).decode()
-                assert line, "fastws serve exited before it listened"
-                m = re.search(r"serving on ws://127\.0\.0\.1:(\d+)/", line)
-                if m:
-                    return cls(proc, int(m.group(1)))
+        return cls(*await spawn_serve("--backplane", broker_url, "--backplane-channel", ch))
 
     async def send(self, *lines: str) -> None:
         self.proc.stdin.write("".join(f"{line}\n" for line in lines).encode())
@@ -192,16 +178,7 @@ class Node:
 
 async def registered(node: Node, ws, tag: str) -> None:
     """Write `tag` lines until the client gets one: then the node has registered it."""
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            await node.send(tag)
-            try:
-                async with asyncio.timeout(0.2):
-                    while (await ws.recv()) != tag:
-                        pass
-                    return
-            except TimeoutError:
-                continue
+    await until_received(node.send, ws, tag)
 
 
 @pytest.mark.broker

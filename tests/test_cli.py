@@ -3,51 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import subprocess
-import sys
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from fastws.cli import main
-from tests.utils import TIMEOUT
-
-
-async def spawn_serve(*args):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fastws", "serve", "--host", "127.0.0.1", "--port", "0", *args,
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    async with asyncio.timeout(TIMEOUT * 2):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            assert line, "fastws serve exited before it listened"
-            m = re.search(r"serving on ws://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                return proc, int(m.group(1))
+from tests.utils import TIMEOUT, spawn_serve, until_received
 
 
 async def test_serve_broadcasts_stdin_lines_and_stops_on_sigterm():
     proc, port = await spawn_serve()
     try:
         async with connect(f"ws://127.0.0.1:{port}/") as ws:
-            # the server cannot tell us when the client is registered: a first line
-            # written until one arrives proves it (bounded by the timeout)
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    proc.stdin.write(b"ready\n")
-                    await proc.stdin.drain()
-                    try:
-                        async with asyncio.timeout(0.2):
-                            if await ws.recv() == "ready":
-                                break
-                    except TimeoutError:
-                        continue
+            async def write_line(text):
+                proc.stdin.write(f"{text}\n".encode())
+                await proc.stdin.drain()
+
+            await until_received(write_line, ws, "ready")
             proc.stdin.write(b'{"level": "info", "msg": "one"}\nplain line two\n')
             await proc.stdin.drain()
             got = []

@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 
 import pytest
 from websockets.asyncio.client import connect
@@ -18,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 import fastws
 from fastws.workers import resolve_workers
-from tests.utils import TIMEOUT, wait_for
+from tests.utils import TIMEOUT, spawn_serve, until_received, wait_for
 
 
 async def recv_json(ws):
@@ -114,35 +111,16 @@ async def test_max_connections_holds_for_the_whole_server():
 
 
 async def test_cli_serve_workers_broadcasts_stdin_and_stops_on_sigterm():
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fastws", "--log-level", "WARNING", "serve", "--host", "127.0.0.1",
-        "--port", "0", "--workers", "2",
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc, port = await spawn_serve("--workers", "2", startup_timeout=TIMEOUT * 3)
     clients = []
     try:
-        async with asyncio.timeout(TIMEOUT * 3):
-            while True:
-                line = (await proc.stderr.readline()).decode()
-                assert line, "fastws serve --workers 2 exited before it listened"
-                m = re.search(r"serving on ws://127\.0\.0\.1:(\d+)/", line)
-                if m:
-                    port = int(m.group(1))
-                    break
         clients = [await connect(f"ws://127.0.0.1:{port}/") for _ in range(8)]
+        async def write_line(text):
+            proc.stdin.write(f"{text}\n".encode())
+            await proc.stdin.drain()
+
         for i, ws in enumerate(clients):  # lines until each client has one: registered
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    proc.stdin.write(f"ready {i}\n".encode())
-                    await proc.stdin.drain()
-                    try:
-                        async with asyncio.timeout(0.2):
-                            while await ws.recv() != f"ready {i}":
-                                pass
-                            break
-                    except TimeoutError:
-                        continue
+            await until_received(write_line, ws, f"ready {i}")
         proc.stdin.write(b"".join(b"line %d\n" % k for k in range(50)))
         await proc.stdin.drain()
         for ws in clients:

@@ -173,3 +173,50 @@ def upgrade_request(port: int, path: str = "/", headers: str = "") -> bytes:
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
     ).encode()
+
+
+async def spawn_serve(*args: str, startup_timeout: float = TIMEOUT * 2) -> tuple[asyncio.subprocess.Process, int]:
+    """Start ``python -m fastws [global args] serve ...`` and return it with the port it bound.
+
+    ``args`` go after ``serve`` (``--host 127.0.0.1 --port 0`` are added); the port is read
+    from the line the server prints when it listens.
+    """
+    import re
+    import subprocess
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fastws", "--log-level", "WARNING", "serve", "--host", "127.0.0.1", "--port", "0", *args,
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        async with asyncio.timeout(startup_timeout):
+            while True:
+                line = (await proc.stderr.readline()).decode()
+                assert line, f"fastws serve {' '.join(args)} exited before it listened"
+                m = re.search(r"serving on ws://127\.0\.0\.1:(\d+)/", line)
+                if m:
+                    return proc, int(m.group(1))
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+
+
+async def until_received(write_line: Any, ws: Any, tag: str) -> None:
+    """Write the line ``tag`` (``await write_line(tag)``) until ``ws`` receives it.
+
+    A server cannot tell a client when it has been registered; the first broadcast that
+    arrives proves it (bounded by TIMEOUT).
+    """
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            await write_line(tag)
+            try:
+                async with asyncio.timeout(0.2):
+                    while await ws.recv() != tag:
+                        pass
+                    return
+            except TimeoutError:
+                continue
