@@ -153,7 +153,6 @@ cdef class Client(WSListener):
         readonly double last_seen
         public object path             # request path (str), kept after the headers are released
         readonly object remote         # (host, port) of the peer
-        public object user             # whatever an authorization hook returned
         # inbound message assembly
         WSMsgType _frag_type           # TEXT or BINARY while a fragmented message is open
         bint _frag_open
