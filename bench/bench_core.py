@@ -14,10 +14,10 @@ import asyncio
 
 import msgspec
 import pytest
-from fastws._core import NullTransport
 
 import fastws
 from fastws import Hub
+from fastws._core import NullTransport
 
 N = 1000
 MESSAGE = {"seq": 1, "ts": 1764140000000000000, "symbol": "ACME", "price": 101.25, "pad": "x" * 30}
