@@ -87,6 +87,7 @@ class Server:
         self.started_at: float | None = None
         self.connections_total = 0
         self.rejected = {"max_connections": 0}
+        self._max_conn_logged_at = -1e9
         self.heartbeat_timeouts = 0
         self.disconnects = 0
         self._routes: dict[str, Callable[[WSUpgradeRequest], HTTPResponse]] = {}
@@ -412,9 +413,11 @@ class Server:
             # As the original did: complete the handshake, then close with 1008,
             # so that browsers see the code and the reason.
             self.rejected["max_connections"] += 1
-            logger.warning(
-                "Max connections reached (%d): closing a new connection with 1008", self.config.max_connections
-            )
+            now = time.monotonic()
+            if now - self._max_conn_logged_at >= 1.0:  # a flood of refusals logs once a second
+                self._max_conn_logged_at = now
+                logger.warning("Max connections reached (%d): closing new connections with 1008 (%d so far)",
+                               self.config.max_connections, self.rejected["max_connections"])
             return hub.new_client(True)
         client = hub.new_client()
         client.path = request.path.decode("latin-1")
