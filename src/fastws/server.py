@@ -89,7 +89,6 @@ class Server:
         self.rejected = {"max_connections": 0}
         self._max_conn_logged_at = -1e9
         self.heartbeat_timeouts = 0
-        self.disconnects = 0
         self._routes: dict[str, Callable[[WSUpgradeRequest], HTTPResponse]] = {}
         self._checks: list[Callable[[WSUpgradeRequest], Refusal | None]] = []
         # hardening: TLS, auth checks, health/metrics routes (docs/reference.md)
@@ -292,18 +291,19 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         s: dict[str, Any] = self._local_stats()
-        s.update(
-            connections_total=self.connections_total,
-            rejected=dict(self.rejected),
-            heartbeat_timeouts=self.heartbeat_timeouts,
-            handshake_timeouts=self.handshake_timeouts,
-            disconnects=self.disconnects,
-            uptime=(time.time() - self.started_at) if self.started_at and self.is_serving else 0.0,
-        )
-        if self.workers is not None:  # the workers count these; their sums are in s already
-            ws = self._local_stats()
-            s.update({k: ws[k] for k in ("connections_total", "rejected", "heartbeat_timeouts",
-                                         "handshake_timeouts", "disconnects") if k in ws})
+        own = {
+            "connections_total": self.connections_total,
+            "rejected": dict(self.rejected),
+            "heartbeat_timeouts": self.heartbeat_timeouts,
+            "handshake_timeouts": self.handshake_timeouts,
+            "disconnects": sum(s.get("disconnect_reasons", {}).values()),
+        }
+        if self.workers is None:
+            s.update(own)
+        else:  # the workers count these; their sums are in s already
+            for key, value in own.items():
+                s.setdefault(key, value)
+        s["uptime"] = (time.time() - self.started_at) if self.started_at and self.is_serving else 0.0
         if self.backplane is not None:
             s["backplane"] = self.backplane.stats()
             s["cluster"] = self.backplane.cluster_stats()
@@ -433,7 +433,6 @@ class Server:
             self._on_connect(client)
 
     def _client_disconnected(self, client: Client) -> None:
-        self.disconnects += 1
         if self._slots is not None:
             self._slots.release()
         if self.hub is not None and len(self.hub) == 0 and self._empty is not None:
