@@ -30,15 +30,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 from .config import AuthConfig
+from .http_types import HandshakeCheck, Refusal
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import Refusal, Server
-
-__all__ = ["Authenticator", "TokenError", "encode_jwt", "decode_jwt", "install"]
+__all__ = ["Authenticator", "TokenError", "encode_jwt", "decode_jwt", "handshake_checks"]
 
 logger = logging.getLogger("fastws.auth")
 
@@ -218,18 +216,24 @@ def guarded(check: Callable[[Any], Refusal | None]) -> Callable[[Any], Refusal |
     return run
 
 
-def install(server: Server, auth_check: Callable[[Any], Refusal | None] | None = None) -> None:
-    """Add the configured checks to ``server``: origin and tokens first, then ``auth_check``."""
-    a = server.config.auth
-    if a is not None:
-        server.add_handshake_check(Authenticator(a))
-        # every reason this check can give shows in stats()/metrics from the start, at 0
-        reasons = [ORIGIN_NOT_ALLOWED] if a.allowed_origins is not None else []
-        if a.tokens or a.jwt_secret is not None:
+def handshake_checks(
+    config: AuthConfig | None, auth_check: HandshakeCheck | None = None
+) -> tuple[list[HandshakeCheck], list[str]]:
+    """The handshake checks for ``config`` (origin and tokens first, then ``auth_check``).
+
+    Also returns every refusal reason they can give, so that ``stats()`` and
+    ``/metrics`` show each one from the start, at 0.
+    """
+    checks: list[HandshakeCheck] = []
+    reasons: list[Refusal] = []
+    if config is not None:
+        checks.append(Authenticator(config))
+        if config.allowed_origins is not None:
+            reasons.append(ORIGIN_NOT_ALLOWED)
+        if config.tokens or config.jwt_secret is not None:
             reasons += [MISSING_TOKEN, INVALID_TOKEN]
-        if a.jwt_secret is not None:
+        if config.jwt_secret is not None:
             reasons.append(TOKEN_EXPIRED)
-        for _, reason in reasons:
-            server.rejected.setdefault(reason, 0)
     if auth_check is not None:
-        server.add_handshake_check(guarded(auth_check))
+        checks.append(guarded(auth_check))
+    return checks, [reason for _, reason in reasons]

@@ -10,23 +10,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import HTTPResponse, Server
+from .config import ServerConfig
+from .http_types import HTTPResponse, Route
 
-__all__ = ["health", "render_metrics", "install", "MetricsHTTPServer"]
+__all__ = ["StatsSource", "health", "render_metrics", "routes", "MetricsHTTPServer"]
 
 logger = logging.getLogger("fastws.metrics")
+
+class StatsSource(Protocol):
+    """What health and metrics read: a server's config, whether it serves, and its stats."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def is_serving(self) -> bool: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def health(server: Server) -> dict[str, Any]:
+def health(server: StatsSource) -> dict[str, Any]:
     """``{"status": "ok"|"stopped", "connections": n, "uptime": seconds, ...}``."""
     s = server.stats()
     return {
@@ -49,7 +60,7 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render_metrics(server: Server) -> str:
+def render_metrics(server: StatsSource) -> str:
     """The Prometheus text exposition of ``server.stats()``."""
     s = server.stats()
     out: list[str] = []
@@ -113,7 +124,7 @@ def _num(v: Any) -> str:
     return repr(float(v))
 
 
-def health_route(server: Server) -> Callable[[Any], HTTPResponse]:
+def health_route(server: StatsSource) -> Route:
     def route(request: Any) -> HTTPResponse:
         body = msgspec.json.encode(health(server))
         return 200, {"Content-Type": "application/json", "Cache-Control": "no-store"}, body
@@ -121,28 +132,21 @@ def health_route(server: Server) -> Callable[[Any], HTTPResponse]:
     return route
 
 
-def metrics_route(server: Server) -> Callable[[Any], HTTPResponse]:
+def metrics_route(server: StatsSource) -> Route:
     def route(request: Any) -> HTTPResponse:
         return 200, {"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"}, render_metrics(server).encode()
 
     return route
 
 
-def routes(server: Server) -> dict[str, Callable[[Any], HTTPResponse]]:
+def routes(server: StatsSource) -> dict[str, Route]:
     c = server.config
-    found: dict[str, Callable[[Any], HTTPResponse]] = {}
+    found: dict[str, Route] = {}
     if c.health_path is not None:
         found[c.health_path] = health_route(server)
     if c.metrics_path is not None:
         found[c.metrics_path] = metrics_route(server)
     return found
-
-
-def install(server: Server) -> None:
-    """Serve health and metrics on the WebSocket port (when ``metrics_port`` is not set)."""
-    if server.config.metrics_port is None:
-        for path, route in routes(server).items():
-            server.add_route(path, route)
 
 
 class MetricsHTTPServer:
@@ -154,7 +158,7 @@ class MetricsHTTPServer:
 
     MAX_HEAD = 8192
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: StatsSource) -> None:
         self.server = server
         self.routes = routes(server)
         self._srv: asyncio.Server | None = None

@@ -35,7 +35,8 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import msgspec
 
@@ -43,7 +44,7 @@ from .backplane import split_frames
 from .config import ServerConfig
 from .exceptions import ServerError
 
-__all__ = ["WorkerPool", "resolve_workers"]
+__all__ = ["WorkerPool", "ConnectionSlots", "WorkerServer", "resolve_workers", "worker_main"]
 
 logger = logging.getLogger("fastws.workers")
 
@@ -155,8 +156,20 @@ class _ParentSide(asyncio.Protocol):
 class WorkerPool:
     """N worker processes serving one host:port; the parent side (see the module docstring)."""
 
-    def __init__(self, config: ServerConfig, n: int, *, log_level: int | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        n: int,
+        *,
+        target: Callable[[ServerConfig, int, socket.socket, ConnectionSlots, int | None], None],
+        encode: Callable[[Any], bytes],
+        log_level: int | None = None,
+    ) -> None:
+        """``target`` runs in each worker process (it calls :func:`worker_main`);
+        ``encode`` frames an item once in the parent."""
         self.config = config
+        self._target = target
+        self._encode = encode
         self.n = n
         self.port = config.port
         self.restarts = 0
@@ -218,7 +231,7 @@ class WorkerPool:
         w.stats = {}
         w.ready = self._loop.create_future()
         p = self._ctx.Process(
-            target=_worker_main,
+            target=self._target,
             args=(self._worker_config, w.index, child_sock, self.slots, self._log_level),
             name=f"fastws-worker-{w.index}",
             daemon=True,
@@ -263,7 +276,7 @@ class WorkerPool:
         else:
             logger.info("worker %d replaced (pid %s)", w.index, w.pid)
 
-    async def stop(self, timeout: float | None = None) -> None:
+    async def stop(self, code: int = 1001, reason: str = "server shutting down", timeout: float | None = None) -> None:
         """SIGTERM every worker (each closes its clients with 1001), wait, kill what remains."""
         if self._stopping:
             return
@@ -299,7 +312,11 @@ class WorkerPool:
             s.close()
         self._holders.clear()
 
-    # -- broadcasting ----------------------------------------------------------------
+    # -- broadcasting (the fan-out target of a parent: fastws.fanout.FanOut) -----------
+
+    def publish(self, item: Any) -> int:
+        """Frame ``item`` once and queue it for every worker."""
+        return self.publish_frame(self._encode(item))
 
     def publish_frame(self, frame: bytes) -> int:
         """Queue one frame for every worker; return the clients connected over all workers."""
@@ -339,6 +356,11 @@ class WorkerPool:
         return self.slots.total()
 
     @property
+    def disconnect_count(self) -> int:
+        """Clients that left, over all workers (as of their last report)."""
+        return sum(int(w.stats.get("disconnects", 0)) for w in self._workers)
+
+    @property
     def pids(self) -> list[int | None]:
         return [w.process.pid if w.process is not None else None for w in self._workers]
 
@@ -375,10 +397,28 @@ class WorkerPool:
 # -- the worker process -----------------------------------------------------------------
 
 
+class WorkerServer(Protocol):
+    """What a worker process runs: a server that accepts connections itself."""
+
+    @property
+    def is_serving(self) -> bool: ...
+
+    @property
+    def port(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def broadcast_frame(self, frame: bytes) -> int: ...
+
+
 class _WorkerSide(asyncio.Protocol):
     """A worker's end of the parent's socket: frames come down, each queued to the clients."""
 
-    def __init__(self, server: Any, stop: asyncio.Event) -> None:
+    def __init__(self, server: WorkerServer, stop: asyncio.Event) -> None:
         self.server = server
         self.stop = stop
         self.rest = b""
@@ -388,10 +428,9 @@ class _WorkerSide(asyncio.Protocol):
             data = self.rest + data
         frames, end = split_frames(data)
         self.rest = data[end:]
-        hub = self.server.hub
-        if hub is None:
+        if not self.server.is_serving:
             return
-        publish_frame = hub.publish_frame
+        publish_frame = self.server.broadcast_frame
         for frame in frames:
             publish_frame(frame)
 
@@ -399,31 +438,24 @@ class _WorkerSide(asyncio.Protocol):
         self.stop.set()  # the parent is gone
 
 
-def _worker_main(config: ServerConfig, index: int, sock: socket.socket, slots: ConnectionSlots,
-                 log_level: int | None) -> None:
+def worker_main(make_server: Callable[[ServerConfig, ConnectionSlots], WorkerServer], config: ServerConfig,
+                index: int, sock: socket.socket, slots: ConnectionSlots, log_level: int | None) -> None:
+    """The body of a worker process: serve ``make_server(config, slots)`` until the parent says stop."""
     if log_level is not None:
         logging.basicConfig(level=log_level,
                             format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
     # Ctrl-C reaches the whole process group: the parent decides, and sends SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import uvloop
+    slots.index = index
+    from .loop import run
 
-        run: Any = uvloop.run
-    except ImportError:  # pragma: no cover
-        run = asyncio.run
-    sys.exit(run(_worker(config, index, sock, slots)))
+    sys.exit(run(_worker(make_server(config, slots), sock)))
 
 
-async def _worker(config: ServerConfig, index: int, sock: socket.socket, slots: ConnectionSlots) -> int:
-    from .server import Server
-
+async def _worker(server: WorkerServer, sock: socket.socket) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    slots.index = index
-    server = Server(config)
-    server._slots = slots
     transport, _ = await loop.create_unix_connection(lambda: _WorkerSide(server, stop), sock=sock)
     try:
         await server.start()
