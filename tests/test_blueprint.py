@@ -11,12 +11,12 @@ from typing import Any
 
 import anyio
 import pytest
-from utils import TIMEOUT
 
 from fastws.blueprint import BlueprintError, FanOutSendStream, System
 from fastws.blueprint import cli as blueprint_cli
 from fastws.component import ComposedComponent
 from fastws.components import Sink
+from tests.utils import TIMEOUT
 
 
 def write(tmp_path: Path, text: str, name: str = "system.yaml") -> Path:

@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from utils import RawClient
+
+from tests.utils import RawClient
 
 _spec = importlib.util.spec_from_file_location(
     "compliance_echo_server", Path(__file__).parent.parent / "compliance" / "echo_server.py"

@@ -10,11 +10,11 @@ from typing import Any
 
 import anyio
 import pytest
-from utils import TIMEOUT
 
 from fastws.component import ComposedComponent
 from fastws.components import Filter, Sink, Source, StreamProcessor, Transformer, resolve_component_type
 from fastws.exceptions import ConfigError
+from tests.utils import TIMEOUT
 
 ISO_Z = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 
