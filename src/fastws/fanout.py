@@ -35,6 +35,10 @@ class FanOut(Protocol):
         """Queue a complete frame made by :func:`fastws.encode_frame`."""
         ...
 
+    def publisher(self) -> Callable[[Any], int]:
+        """The fastest callable that does :meth:`publish` (the Hub's own method, when local)."""
+        ...
+
     def flush(self) -> int:
         """Write what is queued now (only ``stop()`` needs this; the target flushes each turn)."""
         ...
@@ -76,6 +80,9 @@ class Relay:
 
     def publish(self, item: Any) -> int:
         return self.publish_frame(self._encode(item))
+
+    def publisher(self) -> Callable[[Any], int]:
+        return self.publish
 
     def publish_frame(self, frame: bytes) -> int:
         self.backplane.publish(frame)

@@ -204,6 +204,9 @@ class LocalNode:
     def publish_frame(self, frame: bytes) -> int:
         return self._hub().publish_frame(frame)
 
+    def publisher(self) -> Callable[[Any], int]:
+        return self._hub().publish
+
     def flush(self) -> int:
         return self.hub.flush() if self.hub is not None else 0
 

@@ -72,6 +72,7 @@ class Server:
         self._ssl_context = ssl_context
         self._limit = connection_limit  # max_connections kept by a worker pool (fastws.workers)
         self._target: FanOut | None = None
+        self._publish: Callable[[Any], int] = _not_started
         self._node: LocalNode | None = None
         self._pool: WorkerPool | None = None
         self._relay: Relay | None = None
@@ -136,6 +137,7 @@ class Server:
                 await relay.start()
                 self._relay = relay
                 self._target = relay
+            self._publish = self._target.publisher()
         except BaseException:
             await self.stop()
             raise
@@ -143,6 +145,7 @@ class Server:
     async def stop(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """Stop listening, close every client with ``code`` and wait for them to go."""
         target, self._target = self._target, None
+        self._publish = _not_started
         if target is None:
             return
         try:
@@ -186,14 +189,14 @@ class Server:
         With ``workers`` the count is the clients connected over all workers; with a
         ``backplane`` it counts this node's clients only (docs/reference.md).
         """
-        return self._started().publish(item)
+        return self._publish(item)
 
     def broadcast_many(self, items: Iterable[Any]) -> list[int | EncodeError]:
         """:meth:`broadcast` each item; a bad item gives its :class:`EncodeError` in its slot.
 
         The others are queued, in order, and reach each client in one write.
         """
-        publish = self._started().publish
+        publish = self._publish
         out: list[int | EncodeError] = []
         for item in items:
             try:
@@ -281,6 +284,10 @@ class Server:
         ``stats()["rejected"][reason]``).
         """
         self._checks.append(check)
+
+
+def _not_started(item: Any) -> int:
+    raise RuntimeError("the server is not started")
 
 
 def _make_worker_server(config: ServerConfig, slots: ConnectionSlots) -> Server:

@@ -318,6 +318,9 @@ class WorkerPool:
         """Frame ``item`` once and queue it for every worker."""
         return self.publish_frame(self._encode(item))
 
+    def publisher(self) -> Callable[[Any], int]:
+        return self.publish
+
     def publish_frame(self, frame: bytes) -> int:
         """Queue one frame for every worker; return the clients connected over all workers."""
         self._pending.append(frame)
