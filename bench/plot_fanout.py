@@ -31,8 +31,10 @@ STYLE = {
     "fastws": {"color": "#1f5fd6", "marker": "o", "label": "fastws"},
     "websockets": {"color": "#d1495b", "marker": "s", "label": "websockets (broadcast())"},
     "picows": {"color": "#5a9a3c", "marker": "^", "label": "picows (naive loop)"},
+    "bun": {"color": "#e08a1e", "marker": "D", "label": "Bun (uWebSockets, publish)"},
+    "socketify": {"color": "#8e6cc0", "marker": "v", "label": "socketify (uWebSockets, publish)"},
 }
-OTHER_COLOURS = ["#8e6cc0", "#e08a1e", "#4a4a4a", "#1b998b"]
+OTHER_COLOURS = ["#4a4a4a", "#1b998b"]
 
 
 def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
