@@ -137,7 +137,7 @@ class PicowsImpl(Impl):
         self.transports: set[Any] = set()
         transports = self.transports
 
-        class Listener(WSListener):  # type: ignore[misc]
+        class Listener(WSListener):
             def on_ws_connected(self, transport: Any) -> None:
                 transports.add(transport)
 

@@ -10,6 +10,10 @@ every burst size K, the server broadcasts M messages of 100 bytes of JSON
 received all M frames. The server reports its own CPU time (getrusage
 user+sys) and the busy time of its core (/proc/stat) over the phase.
 
+Implementations: fastws, websockets, picows, and the optional uWebSockets peers
+Bun and socketify (skipped with a message when absent). Roles: ``bench/_server.py``
+(+ ``bench/bun_server.js``) and ``bench/_client.py``; tables in ``bench/_fanout_report.py``.
+
 Run: ``python -m bench.bench_fanout [--quick] [--json out.json]``; see ``--help``
 and bench/README.md.
 """

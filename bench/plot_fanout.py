@@ -172,7 +172,7 @@ def markdown(rows: list[dict[str, Any]], out: Path) -> str:
     images = (f'<img src="{rel}/fanout_cpu.png" width="49%" alt="server CPU per delivery against N"> '
               f'<img src="{rel}/fanout_rate.png" width="49%" alt="deliveries per second against N">')
     try:
-        from bench.bench_fanout import render_table
+        from bench._fanout_report import render_table
     except ImportError:  # run from elsewhere than the repository root
         return images
     have = all(k in r for r in rows for k in ("median_user_us", "median_sys_us", "median_core_us", "median_p50_us",
