@@ -22,7 +22,7 @@ import ssl
 import time
 from typing import Any
 
-from bench._util import FRAME_LEN, emit, percentile, raise_nofile, stdin_commands, upgrade_request
+from bench._util import FRAME_LEN, emit, percentile, raise_nofile, run_role, stdin_commands, upgrade_request
 from fastws.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_client_frame, read_frames
 
 #: Pongs are masked with a zero key: the server unmasks them all the same.
@@ -268,12 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, default=100, help="connects in flight")
     p.add_argument("--cafile", help="connect with TLS, trusting this CA (PEM)")
     args = p.parse_args(argv)
-    import uvloop  # noqa: PLC0415
-
-    try:
-        uvloop.run(client_main(args))
-    except KeyboardInterrupt:
-        pass
+    run_role(client_main(args))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from bench._impls import IMPLS, Impl
-from bench._util import cpu_jiffies, emit, log, make_message, raise_nofile, rss_kib, stdin_commands
+from bench._util import cpu_jiffies, emit, log, make_message, raise_nofile, rss_kib, run_role, stdin_commands
 
 
 class Phase:
@@ -152,12 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    import uvloop  # noqa: PLC0415
-
-    try:
-        uvloop.run(serve(args))
-    except KeyboardInterrupt:
-        pass
+    run_role(serve(args))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import struct
 import time
 from typing import Any
 
-from bench._util import cpu_s, emit, percentile, raise_nofile, upgrade_request
+from bench._util import cpu_s, emit, percentile, raise_nofile, run_role, upgrade_request
 from fastws.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_client_frame, parse_header
 
 ZERO_KEY = bytes(4)
@@ -155,10 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source", default="127.0.0.2", help="local address to connect from")
     p.add_argument("--deadline", type=float, required=True, help="seconds to wait for END at most")
     args = p.parse_args(argv)
-    import uvloop  # noqa: PLC0415
-
     raise_nofile()
-    uvloop.run(client_main(args))
+    run_role(client_main(args))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -230,3 +230,13 @@ async def stdin_commands() -> AsyncIterator[dict[str, Any]]:
         line = line.strip()
         if line:
             yield json.loads(line)
+
+
+def run_role(main: Coroutine[Any, Any, None]) -> None:
+    """Run a role's main coroutine on uvloop, as every benchmark process does; Ctrl-C ends it quietly."""
+    import uvloop  # noqa: PLC0415
+
+    try:
+        uvloop.run(main)
+    except KeyboardInterrupt:
+        pass
