@@ -82,8 +82,9 @@ class FastwsImpl(Impl):
         await self.server.stop()
 
     def worker_pids(self) -> list[int]:
-        workers = self.server.workers
-        return [p for p in workers.pids if p] if workers is not None else []
+        if self.args.workers <= 1:
+            return []
+        return [p for p in self.server.workers.pids if p]
 
     def stats(self) -> dict[str, int]:
         s = self.server.stats()
