@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils import RawClient
-
 from fastws.frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -29,6 +27,7 @@ from fastws.frames import (
     encode_client_frame,
 )
 from fastws.frames import read_frame as read_server_frame
+from tests.utils import RawClient
 
 _spec = importlib.util.spec_from_file_location(
     "compliance_echo_server", Path(__file__).parent.parent / "compliance" / "echo_server.py"
