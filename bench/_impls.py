@@ -3,6 +3,8 @@
 Each one listens on 127.0.0.1, port 0, and broadcasts one item to every client:
 
 * ``fastws``: ``fastws.Server``; gets the dict and serializes it itself.
+* ``fastws-component``: ``fastws.WebSocketComponent``, each item through
+  ``await component.process_item(item)`` as a user of the original component drives it.
 * ``websockets``: ``websockets.asyncio.server.serve`` + ``broadcast(conns, msg, text=True)``.
 * ``picows``: picows defaults and the plain Python loop ``for t in ts: t.send(TEXT, payload)``.
 * ``socketify`` (optional peer, uWebSockets): ``app.publish("all", payload, OpCode.TEXT)``; runs
@@ -36,6 +38,12 @@ class Impl:
         raise NotImplementedError
 
     def broadcast(self, obj: Any) -> int:
+        raise NotImplementedError
+
+    #: ``abroadcast`` is awaited for each message instead of calling ``broadcast``.
+    is_async = False
+
+    async def abroadcast(self, obj: Any) -> int:
         raise NotImplementedError
 
     async def stop(self) -> None:
@@ -89,6 +97,34 @@ class FastwsImpl(Impl):
     def stats(self) -> dict[str, int]:
         s = self.server.stats()
         return {"flushes": s.get("flushes", 0), "deliveries": s.get("deliveries", 0)}
+
+
+class FastwsComponentImpl(FastwsImpl):
+    """The drop-in component: one ``await process_item(item)`` per message."""
+
+    is_async = True
+
+    async def start(self) -> None:
+        import fastws  # noqa: PLC0415
+
+        a = self.args
+        config: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "max_connections": a.max_connections}
+        if self.fanout:
+            config["heartbeat_interval"] = a.fastws_heartbeat
+        if a.max_queued_bytes:
+            config["max_queued_bytes"] = a.max_queued_bytes
+        self.component = fastws.WebSocketComponent("bench", config)
+        await self.component.start_server()
+        self.server = self.component.server
+        self.port = self.server.port
+        self._process_item = self.component.process_item
+
+    async def abroadcast(self, obj: Any) -> int:
+        report = await self._process_item(obj)
+        return int(report["broadcast_to"])
+
+    async def stop(self) -> None:
+        await self.component.stop_server()
 
 
 class WebsocketsImpl(Impl):
@@ -214,6 +250,7 @@ class SocketifyImpl(Impl):
 
 IMPLS: dict[str, type[Impl]] = {
     "fastws": FastwsImpl,
+    "fastws-component": FastwsComponentImpl,
     "websockets": WebsocketsImpl,
     "picows": PicowsImpl,
     "socketify": SocketifyImpl,

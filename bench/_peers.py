@@ -22,6 +22,8 @@ from bench._child import python_role
 from bench._util import fastws_status
 
 IMPLS = ("fastws", "websockets", "picows", "bun", "socketify")
+#: Also runnable on request (``--impl fastws,fastws-component``), not by default.
+EXTRA_IMPLS = ("fastws-component",)
 #: Implementations the CPU ratios are taken against, when they ran.
 REFERENCES = ("websockets", "picows", "bun")
 BUN_SERVER = "bench/bun_server.js"
@@ -46,7 +48,7 @@ def _run(argv: list[str]) -> str | None:
 
 def missing(impl: str, args: argparse.Namespace) -> str | None:
     """Why ``impl`` cannot run here, or None if it can."""
-    if impl == "fastws":
+    if impl in ("fastws", "fastws-component"):
         st = fastws_status()
         return None if st == "ok" else st
     if impl == "bun":

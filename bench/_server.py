@@ -66,6 +66,7 @@ class Broadcaster:
     async def run(self, m: int, burst: int, rate: float) -> tuple[int, int]:
         """Broadcast m messages; returns (clients queued to, summed over messages; loop end ns)."""
         bcast = self.impl.broadcast
+        abcast = self.impl.abroadcast if self.impl.is_async else None
         sleep = asyncio.sleep
         tick = burst / rate if rate else 0.0
         start = time.monotonic()
@@ -74,7 +75,7 @@ class Broadcaster:
         while sent < m:
             k = min(burst, m - sent)
             for _ in range(k):
-                r = bcast(make_message(seq))
+                r = await abcast(make_message(seq)) if abcast is not None else bcast(make_message(seq))
                 if r is not None:
                     queued += r
                 seq += 1

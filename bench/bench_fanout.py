@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--burst", type=csv_ints, default=[1, 16], help="messages per loop turn (default 1,16)")
     p.add_argument("--impl", type=csv, default=list(_peers.IMPLS),
-                   help="fastws,websockets,picows,bun,socketify (absent peers are skipped)")
+                   help="fastws,websockets,picows,bun,socketify (absent peers are skipped); also "
+                        "fastws-component (await WebSocketComponent.process_item per message)")
     p.add_argument(
         "--reps", type=int, default=None, help="interleaved repetitions (default 5, quick 2); medians"
     )
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.reps = 2 if args.quick else 5
     if args.deliveries is None:
         args.deliveries = 60_000 if args.quick else 250_000
-    bad = [i for i in args.impl if i not in _peers.IMPLS]
+    bad = [i for i in args.impl if i not in _peers.IMPLS + _peers.EXTRA_IMPLS]
     if bad:
         p.error(f"unknown impl {bad}")
     return args
