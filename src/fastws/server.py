@@ -135,6 +135,7 @@ class Server:
             on_message=self._on_message,
             on_connect=self._client_connected,
             on_disconnect=self._client_disconnected,
+            fragment_timeout=c.fragment_timeout,
         )
         try:
             self._server = await ws_create_server(
