@@ -640,6 +640,7 @@ cdef class Hub:
         cdef Py_ssize_t n
         cdef const char* p
         cdef bytes payload
+        cdef bint nulls = False
         if isinstance(item, str):  # str subclasses too, as json-free text
             try:
                 p = PyUnicode_AsUTF8AndSize(item, &n)
@@ -659,11 +660,13 @@ cdef class Hub:
                     raise
                 p = PyBytes_AS_STRING(payload)
                 n = PyBytes_GET_SIZE(payload)
+            # NaN/±Infinity went out as null: let count_nonfinite say how many (JSON only)
+            nulls = self._count_nonfinite is not None and memmem(p, n, b"null", 4) != NULL
         if n > self.max_queued_bytes:
             self._refuse_oversized(n)
-        if self._count_nonfinite is not None and memmem(p, n, b"null", 4) != NULL:
-            self._add_nonfinite(item)
         self._append(p, n, 0x1)
+        if nulls:  # after the copy: the callback is Python code
+            self._add_nonfinite(item)
         return 0
 
     cdef int _refuse_oversized(self, Py_ssize_t n) except -1:
