@@ -219,7 +219,7 @@ async def test_on_disconnect_closing_another_client_during_the_fanout():
 # -- encoding hooks and counters ------------------------------------------------------
 
 
-class Color(str, enum.Enum):
+class Color(str, enum.Enum):  # noqa: UP042 (the mixin form user code has)
     RED = "red"
 
 
