@@ -243,7 +243,7 @@ cdef class Client(WSListener):
                 transport.disconnect()
             return
         if self._frag_open and self.last_seen - self._frag_at > self._hub.fragment_timeout:
-            self._fragment_expired()
+            self._fragment_expired(self.last_seen)
             return
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
             self.fail(1002, "reserved bits set without an extension")
@@ -340,10 +340,10 @@ cdef class Client(WSListener):
         self._frag_buf = None
         self._utf8_tail = None
 
-    cdef _fragment_expired(self):
-        cdef double age = self.last_seen - self._frag_at
+    cdef _fragment_expired(self, double now):
+        cdef double age = now - self._frag_at
         _logger.warning("closing %s: a fragmented message stayed unfinished for %.1fs (fragment_timeout %gs)",
-                        self.remote, age if age > 0 else 0.0, self._hub.fragment_timeout)
+                        self.remote, age, self._hub.fragment_timeout)
         self._fail(R_FRAGMENT_TIMEOUT, 1008, "message not finished within fragment_timeout")
 
     cdef bint _shut(self, int why, int code, bytes reason, int how) except -1:
@@ -362,9 +362,7 @@ cdef class Client(WSListener):
         if self._frag_open:
             self._drop_fragments()
         cdef WSTransport t = self.transport
-        if t is None:  # registered without a WebSocket transport (fastws._testing)
-            if how != KEEP_OPEN:
-                self._raw.abort() if how == DROP_NOW else self._raw.close()
+        if t is None:  # never connected: nothing to send or drop
             return True
         if code:
             t.send_close(<WSCloseCode>code, reason)
@@ -392,12 +390,11 @@ cdef class Client(WSListener):
 
     cpdef abort(self):
         """Drop the TCP connection now, without a closing handshake."""
-        if not self._shut(R_SERVER_CLOSE, 0, None, DROP_NOW) and self._state == S_CLOSING:
+        if self._shut(R_SERVER_CLOSE, 0, None, DROP_NOW):
+            return
+        if self._state == S_CLOSING and self.transport is not None:
             # closing already (e.g. waiting for the CLOSE reply): stop waiting
-            if self.transport is not None:
-                self.transport.disconnect(False)
-            else:
-                self._raw.abort()
+            self.transport.disconnect(False)
 
     def send(self, message):
         """Send one message to this client only (``str`` as text, bytes-like as binary)."""
@@ -790,8 +787,7 @@ cdef class Hub:
         for c in self._clients:
             if c._state == S_OPEN:
                 if c._frag_open and now - c._frag_at > self.fragment_timeout:
-                    c.last_seen = now
-                    c._fragment_expired()
+                    c._fragment_expired(now)
                     continue
                 c._raw.write_c(p, 2)
         return now
