@@ -10,6 +10,7 @@ def encode_frame(
     item: Any,
     fallback: Callable[[Any], bytes] | None = None,
     count_nonfinite: Callable[[Any], Any] | None = None,
+    max_size: int = -1,
 ) -> bytes: ...
 
 class Client(WSListener):

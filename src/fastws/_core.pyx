@@ -146,6 +146,11 @@ cdef bytes _fallback_payload(item, exc, fallback):
     raise EncodeError(f"cannot serialize {type(item).__name__} to JSON: {exc}")
 
 
+cdef object _oversized(Py_ssize_t n, Py_ssize_t cap):
+    return EncodeError(f"item is {n} bytes as JSON/UTF-8, larger than max_queued_bytes ({cap}): "
+                       "no client could take it without being cut as slow; raise max_queued_bytes to send it")
+
+
 cdef inline object _unencodable_str(exc):
     return EncodeError(f"cannot send str as UTF-8 text: {exc}")
 
@@ -668,8 +673,7 @@ cdef class Hub:
 
     cdef int _refuse_oversized(self, Py_ssize_t n) except -1:
         self.encode_errors += 1
-        raise EncodeError(f"item is {n} bytes as JSON/UTF-8, larger than max_queued_bytes ({self.max_queued_bytes}): "
-                          "no client could take it without being cut as slow; raise max_queued_bytes to send it")
+        raise _oversized(n, self.max_queued_bytes)
 
     cdef _add_nonfinite(self, item):
         try:
@@ -690,11 +694,17 @@ cdef class Hub:
     cpdef Py_ssize_t publish_frame(self, bytes frame) except -1:
         """Queue a complete frame made by ``encode_frame`` (e.g. received from a backplane).
 
-        Raises ``EncodeError`` for a frame whose payload is larger than ``max_queued_bytes``.
+        A frame whose payload is larger than ``max_queued_bytes`` is skipped, counted in
+        ``encode_errors`` and logged, and 0 is returned: it is not raised, since frames
+        come from backplane and worker callbacks that must go on with the next frame.
+        (``encode_frame(item, max_size=...)`` refuses such an item at its publisher.)
         """
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
         if n > self.max_queued_bytes and n - _header_size(frame) > self.max_queued_bytes:
-            self._refuse_oversized(n - _header_size(frame))
+            self.encode_errors += 1
+            _logger.warning("skipped a broadcast frame of %d bytes: larger than max_queued_bytes (%d)",
+                            n, self.max_queued_bytes)
+            return 0
         self._reserve(n)
         memcpy(self._tick + self._tick_len, PyBytes_AS_STRING(frame), n)
         self._tick_len += n
@@ -843,14 +853,15 @@ cdef class Hub:
 cdef object _json_encoder = msgspec.json.Encoder()
 
 
-def encode_frame(item, fallback=None, count_nonfinite=None):
+def encode_frame(item, fallback=None, count_nonfinite=None, Py_ssize_t max_size=-1):
     """Serialize ``item`` as ``Hub.publish`` does and frame it; return the text frame as bytes.
 
     ``isinstance(item, str)`` goes out verbatim, anything else as msgspec JSON, then
     ``fallback(item) -> bytes`` if msgspec refuses it; ``EncodeError`` if both fail or
     the str is not valid UTF-8 (a lone surrogate). When ``count_nonfinite`` is set and
     the payload contains ``null``, it is called with ``item`` (it does its own counting;
-    ``Hub`` adds the result to ``nonfinite_numbers``). No size limit is applied here.
+    ``Hub`` adds the result to ``nonfinite_numbers``). ``max_size`` >= 0: ``EncodeError``
+    for a payload longer than that (pass ``max_queued_bytes``, as ``Hub.publish`` does).
     """
     cdef Py_ssize_t n
     cdef const char* p
@@ -869,6 +880,8 @@ def encode_frame(item, fallback=None, count_nonfinite=None):
         n = PyBytes_GET_SIZE(payload)
         if count_nonfinite is not None and memmem(p, n, b"null", 4) != NULL:
             count_nonfinite(item)
+    if 0 <= max_size < n:
+        raise _oversized(n, max_size)
     cdef uint8_t header[10]
     cdef Py_ssize_t h = _write_header(header, 0x1, n)
     cdef bytes frame = PyBytes_FromStringAndSize(NULL, h + n)
