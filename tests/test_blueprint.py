@@ -14,6 +14,7 @@ import pytest
 
 from fastws.blueprint import BlueprintError, FanOutSendStream, System
 from fastws.blueprint import cli as blueprint_cli
+from fastws.blueprint.cli import main as cli_main
 from fastws.component import ComposedComponent
 from fastws.components import Sink
 from tests.utils import TIMEOUT
@@ -164,11 +165,22 @@ def test_source_has_no_inputs_and_single_input_ports(tmp_path: Path) -> None:
     ]
 
 
-def test_unknown_config_key_lists_known_ones(tmp_path: Path) -> None:
+def test_unknown_config_key_is_a_warning_and_an_error_when_strict(tmp_path: Path) -> None:
     text = "system: {name: x, components: [{name: s, type: Sink, config: {mod: log, retry_enabled: true}}]}\n"
-    assert errors_of(text, tmp_path) == [
-        "components[0].config.mod: unknown key; known keys are: mode, level, path, keep_last"
-    ]
+    path = write(tmp_path, text)
+    expected = f"{path}: components[0].config.mod: unknown key, ignored (Sink keys are: mode, level, path, keep_last)"
+    assert System.from_yaml(path).warnings == [expected]
+    with pytest.raises(BlueprintError) as info:
+        System.from_yaml(path, strict=True)
+    assert info.value.errors == [expected]
+
+
+def test_validate_prints_warnings_and_strict_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "system: {name: x, components: [{name: s, type: Sink, config: {mod: log}}]}\n")
+    assert cli_main(["validate", str(path)]) == 0
+    assert "warning: " in capsys.readouterr().err
+    assert cli_main(["validate", "--strict", str(path)]) == 1
+    assert "components[0].config.mod: unknown key" in capsys.readouterr().err
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -329,7 +341,7 @@ async def test_async_with_and_wait() -> None:
         with anyio.fail_after(TIMEOUT):
             await system.wait()
         assert system["sink"].count == 5  # type: ignore[attr-defined]
-    assert system.status()["sink"]["processed"] == 5
+    assert system.status()["sink"]["items_processed"] == system.status()["sink"].items_processed == 5
 
 
 # -- CLI subcommands ------------------------------------------------------------------------------

@@ -241,13 +241,12 @@ def test_config_defaults_and_framework_flags():
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"port": 0.5}, r"ws\.config\.port: expected `int`, got `float`"),
+        ({"port": 0.5}, r"ws\.config\.port: expected an integer, got 0\.5"),
         ({"port": 70000}, r"ws\.config\.port: must be 1-65535"),
-        ({"port": "8080"}, r"ws\.config\.port: expected `int`, got `str`"),
+        ({"port": "8080"}, r"ws\.config\.port: expected an integer, got '8080'"),
         ({"max_connections": 0}, r"ws\.config\.max_connections: must be a positive integer"),
         ({"heartbeat_interval": -1}, r"ws\.config\.heartbeat_interval: must be a positive number"),
         ({"slow_client_policy": "ignore"}, r"ws\.config\.slow_client_policy: expected one of"),
-        ({"prot": 8080}, r"ws\.config\.prot: unknown setting 'prot'; known settings: .*port"),
     ],
 )
 def test_config_errors_name_the_key(config, message):
@@ -273,7 +272,7 @@ async def test_base_class_skips_failing_items_and_closes_outputs(caplog):
     assert await drain(receivers["a"]) == [0, 2, 8]
     assert await drain(receivers["b"]) == [0, 2, 8]
     assert comp.error_count == 1 and "two is bad" in comp.last_error
-    assert comp.get_status()["processed"] == 4
+    assert comp.get_status()["items_processed"] == 4 and comp.get_status().items_processed == 4
 
 
 async def test_base_class_reads_only_the_first_input():

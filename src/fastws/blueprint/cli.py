@@ -51,6 +51,9 @@ def register(subparsers: Any) -> None:
     )
     validate.add_argument("blueprint", metavar="SYSTEM.yaml", help="blueprint file")
     _add_set_option(validate)
+    validate.add_argument(
+        "--strict", action="store_true", help="treat warnings (unknown config keys) as errors"
+    )
     validate.set_defaults(func=validate_command)
 
 
@@ -81,7 +84,12 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def _load(args: argparse.Namespace) -> System:
-    return System.from_yaml(args.blueprint, overrides=parse_overrides(args.set))
+    system = System.from_yaml(
+        args.blueprint, overrides=parse_overrides(args.set), strict=getattr(args, "strict", False)
+    )
+    for warning in system.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return system
 
 
 def _fail(exc: BaseException) -> int:

@@ -40,7 +40,7 @@ from fastws.blueprint.schema import (
     decode_blueprint,
     load_blueprint,
 )
-from fastws.component import ComposedComponent
+from fastws.component import ComponentStatus, ComposedComponent
 from fastws.components import resolve_component_type
 from fastws.exceptions import ConfigError
 
@@ -208,27 +208,17 @@ class _Plan:
     configs: dict[str, dict[str, Any]]
     types: dict[str, str]
     edges: list[Edge]
+    warnings: list[str]
 
 
-def _input_spec(cls: type[ComposedComponent], config: dict[str, Any]) -> tuple[tuple[str, ...] | None, bool]:
-    """(fixed input port names or None, True if it reads only one input port)."""
-    ports_fn = getattr(cls, "input_ports", None)
-    fixed = ports_fn(config) if callable(ports_fn) else getattr(cls, "INPUT_PORTS", None)
-    if fixed is not None:
-        fixed = tuple(fixed)
-    reads_all = bool(getattr(cls, "READS_ALL_INPUTS", False)) or (fixed is not None and len(fixed) > 1)
-    from fastws.components._base import BuiltinComponent
+def _validate(bp: BlueprintFile, source: str, strict: bool = False) -> _Plan:
+    """Check the blueprint against the component contract (:mod:`fastws.component`).
 
-    single = not reads_all and (
-        issubclass(cls, BuiltinComponent)
-        or cls.process is ComposedComponent.process
-        or cls.__name__ == "WebSocketComponent"
-    )
-    return fixed, single
-
-
-def _validate(bp: BlueprintFile, source: str) -> _Plan:
+    Unknown config keys are warnings (``strict``: errors); everything else that is
+    wrong is an error. All errors are raised together in one :class:`BlueprintError`.
+    """
     errors: list[str] = []
+    warnings: list[str] = []
     spec = bp.system
     classes: dict[str, type[ComposedComponent]] = {}
     configs: dict[str, dict[str, Any]] = {}
@@ -252,16 +242,14 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
         except ConfigError as exc:
             errors.append(str(exc))
             continue
-        validate = getattr(cls, "validate_config", None)
-        if callable(validate):
-            try:
-                validate(comp.config, f"{where}.config")
-            except ConfigError as exc:
-                errors.append(str(exc))
-                continue
-            except (ValueError, TypeError) as exc:
-                errors.append(f"{where}.config: {exc}")
-                continue
+        try:
+            (errors if strict else warnings).extend(cls.validate_config(comp.config, f"{where}.config"))
+        except ConfigError as exc:
+            errors.append(str(exc))
+            continue
+        except (ValueError, TypeError) as exc:  # raised by a user component's own validate_config
+            errors.append(f"{where}.config: {exc}")
+            continue
         classes[comp.name] = cls
         configs[comp.name] = comp.config
         types[comp.name] = comp.type
@@ -289,11 +277,12 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
                 errors.append(f"bindings[{i}]: component {fc!r} is bound to itself")
                 continue
             from_cls, to_cls = classes[fc], classes[tc]
-            out_ports = getattr(from_cls, "OUTPUT_PORTS", None)
+            out_ports = from_cls.output_ports(configs[fc])
             if out_ports is not None and fp not in out_ports:
                 errors.append(_no_port(_port_field(ffield), fc, types[fc], "output", fp, out_ports))
                 continue
-            fixed, single = _input_spec(to_cls, configs[tc])
+            fixed = to_cls.input_ports(configs[tc])
+            single = not to_cls.reads_all_inputs(configs[tc])
             if fixed is not None and tp not in fixed:
                 errors.append(_no_port(_port_field(tfield), tc, types[tc], "input", tp, fixed))
                 continue
@@ -316,7 +305,7 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
             edges.append(Edge(fc, fp, tc, tp, buffer, i))
     if errors:
         raise BlueprintError([f"{source}: {e}" for e in errors])
-    return _Plan(classes, configs, types, edges)
+    return _Plan(classes, configs, types, edges, [f"{source}: {w}" for w in warnings])
 
 
 def _no_port(field: str, comp: str, type_name: str, kind: str, port: str, ports: tuple[str, ...]) -> str:
@@ -341,9 +330,10 @@ def _apply_overrides(bp: BlueprintFile, overrides: Mapping[str, Mapping[str, Any
     return msgspec.structs.replace(bp, system=msgspec.structs.replace(bp.system, components=new_components))
 
 
-def validate_blueprint(bp: BlueprintFile, source: str = "<blueprint>") -> list[Edge]:
-    """Check a decoded blueprint; return its resolved edges or raise :class:`BlueprintError`."""
-    return _validate(bp, source).edges
+def validate_blueprint(bp: BlueprintFile, source: str = "<blueprint>", *, strict: bool = False) -> list[Edge]:
+    """Check a decoded blueprint; return its resolved edges or raise :class:`BlueprintError`
+    (``strict``: unknown config keys are errors too)."""
+    return _validate(bp, source, strict).edges
 
 
 # -- the system ---------------------------------------------------------------------------
@@ -364,10 +354,13 @@ class System:
         *,
         source: str = "<blueprint>",
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> None:
         self.blueprint = _apply_overrides(blueprint, overrides)
         self.source = source
-        self._plan = _validate(self.blueprint, source)
+        self._plan = _validate(self.blueprint, source, strict)
+        #: Problems that do not stop the system (unknown config keys), one line each.
+        self.warnings: list[str] = self._plan.warnings
         self.name = self.blueprint.system.name
         self.edges = self._plan.edges
         #: Components by name, in blueprint order (built by :meth:`build`).
@@ -383,9 +376,13 @@ class System:
 
     @classmethod
     def from_yaml(
-        cls, path: str | os.PathLike[str], *, overrides: Mapping[str, Mapping[str, Any]] | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> System:
-        return cls(load_blueprint(path), source=os.fspath(path), overrides=overrides)
+        return cls(load_blueprint(path), source=os.fspath(path), overrides=overrides, strict=strict)
 
     @classmethod
     def from_string(
@@ -394,8 +391,9 @@ class System:
         *,
         source: str = "<string>",
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> System:
-        return cls(decode_blueprint(text, source), source=source, overrides=overrides)
+        return cls(decode_blueprint(text, source), source=source, overrides=overrides, strict=strict)
 
     @classmethod
     def from_dict(
@@ -404,8 +402,9 @@ class System:
         *,
         source: str = "<dict>",
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> System:
-        return cls(convert_blueprint(dict(data), source), source=source, overrides=overrides)
+        return cls(convert_blueprint(dict(data), source), source=source, overrides=overrides, strict=strict)
 
     def build(self) -> dict[str, ComposedComponent]:
         """Instantiate the components and wire the bindings (once)."""
@@ -464,7 +463,8 @@ class System:
             raise ValueError(f"component {name!r} has no bound port (is the system started?)")
         return port
 
-    def status(self) -> dict[str, dict[str, Any]]:
+    def status(self) -> dict[str, ComponentStatus]:
+        """Each component's live status (attributes, or mapping access by the same names)."""
         return {name: c.get_status() for name, c in self.components.items()}
 
     @property
