@@ -232,7 +232,8 @@ class ComposedComponent:
 
     async def close_outputs(self) -> None:
         for stream in self.send_streams.values():
-            await stream.aclose()
+            if isinstance(stream, ObjectSendStream):  # check_streams() reports the others
+                await stream.aclose()
 
     # -- processing ----------------------------------------------------------------
 
