@@ -147,7 +147,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
         naming ``path.key``. (A ``WebSocketComponent`` is lenient instead: it ignores
         unknown keys with a warning, as the original component did; docs/dropin.md.)
         """
-        if isinstance(config, cls):
+        if isinstance(config, ServerConfig):
             return config
         return parse_struct(cls, config, path)[0]
 

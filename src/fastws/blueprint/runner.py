@@ -573,7 +573,11 @@ class System:
             logger.exception("system %r: component %r failed; the others go on", self.name, comp.name)
         finally:
             # Outputs closed: downstream sees the end. Inputs closed: upstream is not blocked.
-            for stream in (*comp.send_streams.values(), *comp.receive_streams.values()):
+            streams: list[ObjectSendStream[Any] | ObjectReceiveStream[Any]] = [
+                *comp.send_streams.values(),
+                *comp.receive_streams.values(),
+            ]
+            for stream in streams:
                 _close(stream)
 
     async def _stop_components(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -47,6 +47,7 @@ class Filter(BuiltinComponent):
         self.expressions = self.compile(self.settings, f"{name}.config")
         self.dropped_count = 0
         exprs = self.expressions
+        self._test: Callable[[Any], bool]
         if not exprs:
             self._test = lambda item: True
         elif len(exprs) == 1:

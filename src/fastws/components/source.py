@@ -61,7 +61,7 @@ class SourceConfig(msgspec.Struct, forbid_unknown_fields=True):
     def count(self) -> int | None:
         if self.data_count is msgspec.UNSET:
             return None if self.generator == "file" else 10
-        return self.data_count  # type: ignore[return-value]
+        return self.data_count
 
 
 class Source(BuiltinComponent):
