@@ -184,9 +184,9 @@ def test_decode_jwt_claims_and_errors():
 def test_auth_config_errors_name_the_key():
     with pytest.raises(fastws.ConfigError, match=r"config\.auth\.jwt_secret: must be at least 16"):
         fastws.ServerConfig.from_dict({"auth": {"jwt_secret": "short"}})
-    with pytest.raises(fastws.ConfigError, match=r"config\.auth: object contains unknown field `token`"):
+    with pytest.raises(fastws.ConfigError, match=r"config\.auth\.token: unknown field"):
         fastws.ServerConfig.from_dict({"auth": {"token": "x"}})
-    with pytest.raises(fastws.ConfigError, match=r"config\.auth\.tokens\[0\]: expected `str`"):
+    with pytest.raises(fastws.ConfigError, match=r"config\.auth\.tokens\[0\]: expected a string"):
         fastws.ServerConfig.from_dict({"auth": {"tokens": [1]}})
     with pytest.raises(fastws.ConfigError, match=r"config\.auth: set tokens, jwt_secret or allowed_origins"):
         fastws.ServerConfig.from_dict({"auth": {}})

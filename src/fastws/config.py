@@ -314,10 +314,14 @@ def _choices(struct_type: type[msgspec.Struct] | None, subpath: str) -> tuple[An
     if struct_type is None or not key or not key.isidentifier():
         return ()
     hint = typing.get_type_hints(struct_type).get(key)
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
     out: list[Any] = []
-    for arg in (hint, *typing.get_args(hint)):
+    for arg in typing.get_args(hint):
         if typing.get_origin(arg) is Literal:
             out.extend(typing.get_args(arg))
+        elif arg is not type(None):
+            return ()  # "int | Literal['auto']": msgspec's own wording says it better
     return tuple(out)
 
 

@@ -132,6 +132,8 @@ class WebSocketComponent(ComposedComponent):
     def _disconnected(self) -> int:
         """Clients that left the server since the previous report."""
         total = self.server.disconnect_count
+        if total < self._disconnects_seen:  # the server was restarted: its count too
+            self._disconnects_seen = 0
         gone, self._disconnects_seen = total - self._disconnects_seen, total
         return gone
 
@@ -164,9 +166,13 @@ class WebSocketComponent(ComposedComponent):
                 out.append(0)
         return out
 
+    def _broadcast(self, items: list[Any]) -> list[dict[str, Any]]:
+        """Broadcast ``items`` now (no await); one report each, in order."""
+        return [self._report(item, outcome) for item, outcome in zip(items, self._publish(items), strict=True)]
+
     def broadcast(self, item: Any) -> dict[str, Any]:
         """Broadcast one item now (no await) and return its report."""
-        return self._report(item, self._publish([item])[0])
+        return self._broadcast([item])[0]
 
     async def process_item(self, item: Any) -> dict[str, Any]:
         """Broadcast ``item`` and return its report, without waiting for the write.
@@ -180,8 +186,7 @@ class WebSocketComponent(ComposedComponent):
             return await super().process_batch(batch)  # a subclass changed the per-item behaviour
         if self._pacer is not None:
             await self._pacer.wait(len(batch))
-        outcomes = self._publish(batch)
-        await self.emit([self._report(item, outcome) for item, outcome in zip(batch, outcomes, strict=True)])
+        await self.emit(self._broadcast(batch))
 
     # -- health ------------------------------------------------------------------------------
 
@@ -198,22 +203,3 @@ class WebSocketComponent(ComposedComponent):
         )
         return health
 
-
-# TEMPORARY (dropin helper): until Server.broadcast_many / Server.disconnect_count land on
-# main. Removed after rebasing onto the lead's redesign.
-if not hasattr(Server, "broadcast_many"):  # pragma: no cover
-
-    def _broadcast_many(self: Server, items: list[Any]) -> list[int | Exception]:
-        out: list[int | Exception] = []
-        for item in items:
-            try:
-                out.append(self.broadcast(item))
-            except Exception as exc:
-                out.append(EncodeError(str(exc)) if not isinstance(exc, EncodeError) else exc)
-        return out
-
-    Server.broadcast_many = _broadcast_many  # type: ignore[attr-defined]
-if not hasattr(Server, "disconnect_count"):  # pragma: no cover
-    Server.disconnect_count = property(  # type: ignore[attr-defined]
-        lambda self: sum(self.stats().get("disconnect_reasons", {}).values())
-    )
