@@ -172,7 +172,18 @@ class WebSocketComponent(ComposedComponent):
 
     def broadcast(self, item: Any) -> dict[str, Any]:
         """Broadcast one item now (no await) and return its report."""
-        return self._broadcast([item])[0]
+        server = self.server
+        if not server.is_serving:
+            return self._broadcast([item])[0]
+        try:
+            queued = server.broadcast(item)
+        except Exception as exc:
+            return self._report(item, exc)
+        self._status.items_processed += 1
+        total = server.disconnect_count
+        gone = total - self._disconnects_seen if total >= self._disconnects_seen else total
+        self._disconnects_seen = total
+        return {"broadcast_to": queued, "disconnected": gone, "message": item}
 
     async def process_item(self, item: Any) -> dict[str, Any]:
         """Broadcast ``item`` and return its report, without waiting for the write.
