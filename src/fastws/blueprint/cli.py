@@ -8,7 +8,6 @@ problem on stderr and exit with status 1; no traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import msgspec.yaml
 
 from fastws.blueprint.runner import System
 from fastws.exceptions import ConfigError, FastWSError
+from fastws.loop import run as run_loop
 
 __all__ = ["main", "register", "run_command", "validate_command"]
 
@@ -115,19 +115,6 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _run_loop(coro: Any, loop: str) -> None:
-    if loop in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if loop == "uvloop":
-                raise
-        else:
-            uvloop.run(coro)
-            return
-    asyncio.run(coro)
-
-
 def run_command(args: argparse.Namespace) -> int:
     try:
         system = _load(args)
@@ -135,7 +122,7 @@ def run_command(args: argparse.Namespace) -> int:
         return _fail(exc)
     _configure_logging(getattr(args, "log_level", "INFO"))
     try:
-        _run_loop(system.run(), getattr(args, "loop", "auto"))
+        run_loop(system.run(), getattr(args, "loop", "auto"))
     except (FastWSError, OSError) as exc:
         return _fail(exc)
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
