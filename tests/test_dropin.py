@@ -300,6 +300,15 @@ async def test_process_item_reports_a_bad_item_and_goes_on() -> None:
         await comp.cleanup()
 
 
+async def test_process_item_before_start_reports_like_a_running_server() -> None:
+    comp = WebSocketComponent("ws", harness_config())
+    assert await comp.process_item({True: Name("x")}) == {
+        "broadcast_to": 0, "disconnected": 0, "message": {True: Name("x")}
+    }
+    assert "error" in await comp.process_item([Unserializable()])
+    assert "error" in await comp.process_item("a\ud800")
+
+
 # -- 6. process_item coalesces; the counts ---------------------------------------------------------------
 
 

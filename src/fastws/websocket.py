@@ -13,11 +13,25 @@ from typing import Any
 from ._core import Client, encode_frame
 from .component import ComposedComponent
 from .config import SERVER_KEY_DOCS, ConfigRequirement, ServerConfig, config_requirements
+from .encoding import fallback_encode
 from .exceptions import EncodeError
 from .pacing import Pacer
 from .server import Server
 
 __all__ = ["ClientsView", "WebSocketComponent"]
+
+
+def _check_encodable(item: Any) -> None:
+    """Raise :class:`EncodeError` if a running server would refuse ``item``."""
+    try:
+        encode_frame(item)
+    except Exception as exc:
+        if isinstance(item, str):  # sent verbatim: only a lone surrogate fails
+            raise EncodeError(f"cannot send str as a text frame: {exc}") from None
+        try:
+            fallback_encode(item)  # what the server falls back to (fastws.encoding)
+        except Exception:
+            raise EncodeError(str(exc)) from None
 
 
 class ClientsView(AbstractSet[Client]):
@@ -159,9 +173,9 @@ class WebSocketComponent(ComposedComponent):
         out: list[int | Exception] = []
         for item in items:  # not serving: report what could not be serialized anyway
             try:
-                encode_frame(item)
-            except Exception as exc:
-                out.append(exc if isinstance(exc, EncodeError) else EncodeError(str(exc)))
+                _check_encodable(item)
+            except EncodeError as exc:
+                out.append(exc)
             else:
                 out.append(0)
         return out
