@@ -390,3 +390,69 @@ def test_cli_run(tmp_path: Path) -> None:
     )
     assert args.func(args) == 0
     assert len(out.read_text().splitlines()) == 5
+
+
+# -- the component contract, as the runner reads it (fastws/component.py) -------------------------
+
+
+class TwoPorts(ComposedComponent):
+    INPUT_PORTS = ("a", "b")
+    OUTPUT_PORTS = ("out",)
+
+    async def process(self) -> None:
+        await self.close_outputs()
+
+
+class OwnProcess(ComposedComponent):
+    async def process(self) -> None:  # reads its inputs its own way: READS_ALL_INPUTS inferred
+        await self.close_outputs()
+
+
+class OwnProcessOnePort(ComposedComponent):
+    READS_ALL_INPUTS = False
+
+    async def process(self) -> None:
+        await self.close_outputs()
+
+
+def _contract_system(to_type: str, ports: tuple[str, str], from_port: str = "output") -> dict[str, Any]:
+    return {
+        "system": {
+            "name": "contract",
+            "components": [
+                {"name": "src", "type": "Source"},
+                {"name": "src2", "type": "Source"},
+                {"name": "x", "type": f"{__name__}:{to_type}"},
+            ],
+            "bindings": [
+                {"from": f"src.{from_port}", "to": f"x.{ports[0]}"},
+                {"from": "src2.output", "to": f"x.{ports[1]}"},
+            ],
+        }
+    }
+
+
+def test_runner_reads_declared_ports_and_reads_all_inputs() -> None:
+    assert TwoPorts.reads_all_inputs() and OwnProcess.READS_ALL_INPUTS and not OwnProcessOnePort.READS_ALL_INPUTS
+    System.from_dict(_contract_system("TwoPorts", ("a", "b")))
+    System.from_dict(_contract_system("OwnProcess", ("p", "q")))
+    with pytest.raises(BlueprintError) as info:
+        System.from_dict(_contract_system("TwoPorts", ("a", "c")))
+    assert info.value.errors == [
+        f"<dict>: bindings[1].to: component 'x' ({__name__}:TwoPorts) has no input port 'c'; "
+        "its input ports are: a, b"
+    ]
+    with pytest.raises(BlueprintError, match=r"'x' \(.*OwnProcessOnePort\) reads a single input port"):
+        System.from_dict(_contract_system("OwnProcessOnePort", ("p", "q")))
+
+
+def test_stream_processor_variants_declare_their_ports() -> None:
+    from fastws.components import StreamProcessor
+    from fastws.components.stream_processor import DeduplicatingProcessor, JoiningProcessor
+
+    assert StreamProcessor.input_ports({"variant": "joining"}) == ("left", "right")
+    assert StreamProcessor.input_ports({"variant": "windowing"}) is None
+    assert not StreamProcessor.reads_all_inputs({"variant": "deduplication"})
+    sp = StreamProcessor("j", {"variant": "joining"})
+    assert type(sp) is JoiningProcessor and isinstance(sp, StreamProcessor)
+    assert type(StreamProcessor("d", {"variant": "deduplication"})) is DeduplicatingProcessor
