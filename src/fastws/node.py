@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
 
 from ._core import Client, Hub
+from .encoding import count_nonfinite, fallback_encode
 from .config import ServerConfig
 from .exceptions import ServerError
 from .http_types import HandshakeCheck, Route
@@ -122,6 +123,8 @@ class LocalNode:
             slow_client_policy=c.slow_client_policy,
             max_message_size=c.max_message_size,
             fragment_timeout=c.fragment_timeout,
+            encode_fallback=fallback_encode,
+            count_nonfinite=count_nonfinite,
             on_message=self._callbacks.on_message,
             on_connect=self._client_connected,
             on_disconnect=self._client_disconnected,
