@@ -90,6 +90,8 @@ class AuthConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     leeway: float = 0.0  # seconds of clock skew allowed on ``exp``/``nbf``
     allowed_origins: tuple[str | None, ...] | None = None  # None: any Origin; null in the list: no Origin header
     query_param: str | None = "token"  # also take the token from ?token=...; None: header only
+    # issue 14 (edge)
+    require_exp: bool = True  # refuse JWTs without an ``exp`` claim
 
 
 class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -126,6 +128,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     backplane_channel: str = "fastws"  # Redis channel / NATS subject shared by the nodes
     # issue 14.15 (core): seconds a fragmented message may stay unfinished; past it: CLOSE 1008
     fragment_timeout: float = 10.0
+    # issue 14 (edge): protect /health and /metrics
+    metrics_host: str | None = None  # host of metrics_port; None: 127.0.0.1 (loopback only)
+    metrics_token: str | None = None  # bearer token (or ?token=) required by /health and /metrics
 
     def __post_init__(self) -> None:
         _check(self)
@@ -232,6 +237,10 @@ def _check_hardening(c: ServerConfig, bad: Any) -> None:
         raise bad("metrics_path", "must differ from health_path", c.metrics_path)
     if c.metrics_port is not None and not 0 <= c.metrics_port <= 65535:
         raise bad("metrics_port", "must be 0-65535 (0 picks a free port) or null", c.metrics_port)
+    if c.metrics_host is not None and (c.metrics_port is None or not c.metrics_host):
+        raise bad("metrics_host", "needs metrics_port (and must not be empty)", c.metrics_host)
+    if c.metrics_token is not None and not c.metrics_token.strip():
+        raise bad("metrics_token", "must not be empty (leave it out for no token)", c.metrics_token)
 
 
 # -- parsing a config mapping, and the one wording of its errors ---------------------------

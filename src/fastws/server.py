@@ -157,10 +157,11 @@ class Server:
             if c.metrics_port is not None:
                 self._metrics_server = _metrics.MetricsHTTPServer(self)
                 try:
-                    await self._metrics_server.start(c.host, c.metrics_port)
+                    await self._metrics_server.start()  # metrics_host (loopback by default)
                 except OSError as exc:
                     self._metrics_server = None
-                    raise ServerError(exc.errno, f"cannot listen on {c.host}:{c.metrics_port} (metrics_port): "
+                    raise ServerError(exc.errno, f"cannot listen on {_metrics.bind_host(c)}:{c.metrics_port} "
+                                                 f"(metrics_port): "
                                                  f"{exc.strerror or exc}") from None
             if c.backplane is not None:
                 from .backplane import create_backplane
