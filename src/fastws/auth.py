@@ -37,7 +37,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -184,13 +183,14 @@ def decode_jwt(
 
 
 def _bearer(request: Any, query_param: str | None) -> str | None:
-    value = request.headers.get("Authorization")
+    value: str | None = request.headers.get("Authorization")
     if value:
         scheme, _, token = value.strip().partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
     if query_param:
-        _, sep, query = request.path.partition(b"?")
+        path: bytes = request.path
+        _, sep, query = path.partition(b"?")
         if sep:
             values = parse_qs(query.decode("latin-1"), keep_blank_values=False).get(query_param)
             if values:

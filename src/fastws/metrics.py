@@ -201,7 +201,7 @@ def routes(server: StatsSource) -> dict[str, Route]:
 class _Headers(dict[str, str]):
     """Header names lower-cased; ``get`` is case-insensitive."""
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return super().get(key.lower(), default)
 
 
@@ -242,7 +242,7 @@ class MetricsHTTPServer:
     def port(self) -> int | None:
         if self._srv is None or not self._srv.sockets:
             return None
-        return self._srv.sockets[0].getsockname()[1]
+        return int(self._srv.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._srv is None:
