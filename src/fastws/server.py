@@ -28,7 +28,7 @@ from .exceptions import ConfigError, EncodeError, ServerError
 from .fanout import FanOut, Relay
 from .http_types import HandshakeCheck, HTTPResponse, Refusal, Route
 from .node import ConnectionLimit, LocalNode
-from .workers import ConnectionSlots, WorkerPool, resolve_workers, worker_main
+from .workers import ConnectionSlots, LogSetup, WorkerPool, resolve_workers, worker_main
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backplane import Backplane
@@ -329,6 +329,6 @@ def _make_worker_server(config: ServerConfig, slots: ConnectionSlots) -> Server:
 
 
 def _worker_process(config: ServerConfig, index: int, sock: socket.socket, slots: ConnectionSlots,
-                    log_level: int | None) -> None:
+                    log_level: LogSetup | None) -> None:
     """The entry point of a worker process (``multiprocessing`` spawns it by this name)."""
     worker_main(_make_worker_server, config, index, sock, slots, log_level)
