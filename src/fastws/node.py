@@ -23,6 +23,7 @@ from ._core import Client, Hub
 from .encoding import count_nonfinite, fallback_encode
 from .config import ServerConfig
 from .exceptions import ServerError
+from .handshake import accept_upgrade
 from .http_types import HandshakeCheck, Route
 
 __all__ = ["LocalNode", "ConnectionLimit", "ClientCallbacks"]
@@ -250,7 +251,7 @@ class LocalNode:
         hub = self.hub
         if hub is None or self._server is None:
             return self._http_response(503, b"server is stopping")
-        if "upgrade" not in request.headers.get("Connection", "").lower():
+        if not accept_upgrade(request.headers):  # Connection: keep-alive, Upgrade too (fastws.handshake)
             path = request.path.split(b"?", 1)[0].decode("latin-1")
             route = self._routes.get(path)
             if route is None:
