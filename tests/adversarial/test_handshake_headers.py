@@ -200,3 +200,95 @@ def test_header_tokens_and_accept_upgrade_on_a_multidict():
     assert accept_upgrade(h) is True and h["Upgrade"] == "h2c"  # left for picows to refuse
     assert accept_upgrade(CIMultiDict([("Connection", "keep-alive")])) is False
     assert accept_upgrade(CIMultiDict()) is False
+
+
+# -- a real browser: headless Firefox driven over WebDriver BiDi ------------------------------
+
+
+def _firefox() -> str | None:
+    import shutil
+
+    return shutil.which("firefox-esr") or shutil.which("firefox")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(_firefox() is None, reason="firefox-esr is not installed (apt-get install firefox-esr)")
+async def test_headless_firefox_connects_and_receives(tmp_path):
+    """Firefox started with --remote-debugging-port speaks WebDriver BiDi, itself a WebSocket
+    protocol: the websockets client drives it (session.new, browsingContext.navigate,
+    script.evaluate); the page opens a WebSocket to fastws and returns the first message."""
+    import json
+    import subprocess
+
+    from websockets.asyncio.client import connect
+
+    seen: list[dict[str, str]] = []
+
+    def record(request):  # a handshake check that admits everyone: what did Firefox send?
+        seen.append({k.lower(): v for k, v in request.headers.items()})
+        return None
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        bidi_port = s.getsockname()[1]
+    browser = subprocess.Popen(
+        [_firefox(), "--headless", "--no-remote", "--profile", str(tmp_path), f"--remote-debugging-port={bidi_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with running_server(auth_check=record) as server:
+            port = server.port
+            server.add_route("/blank", lambda request: (200, {"Content-Type": "text/html; charset=utf-8"},
+                                                        b"<!doctype html><title>fastws</title>"))
+            async with asyncio.timeout(TIMEOUT * 6):
+                while True:
+                    try:
+                        bidi = await connect(f"ws://127.0.0.1:{bidi_port}/session", max_size=None)
+                        break
+                    except OSError:
+                        await asyncio.sleep(0.1)
+            ids = iter(range(1, 1000))
+
+            async def call(method: str, params: dict) -> dict:
+                n = next(ids)
+                await bidi.send(json.dumps({"id": n, "method": method, "params": params}))
+                async with asyncio.timeout(TIMEOUT * 4):
+                    while True:
+                        msg = json.loads(await bidi.recv())
+                        if msg.get("id") == n:
+                            assert msg["type"] == "success", msg
+                            return msg["result"]
+
+            try:
+                await call("session.new", {"capabilities": {}})
+                context = (await call("browsingContext.getTree", {}))["contexts"][0]["context"]
+                await call("browsingContext.navigate", {"context": context, "wait": "complete",
+                                                        "url": f"http://127.0.0.1:{server.port}/blank"})
+                script = f"""new Promise((resolve, reject) => {{
+                    const ws = new WebSocket("ws://127.0.0.1:{server.port}/firefox");
+                    ws.onmessage = (e) => {{ resolve(e.data); ws.close(1000); }};
+                    ws.onerror = () => reject(new Error("WebSocket error"));
+                }})"""
+                evaluate = asyncio.create_task(call("script.evaluate", {
+                    "expression": script, "target": {"context": context}, "awaitPromise": True}))
+                await wait_for(lambda: server.connection_count == 1 or evaluate.done(), TIMEOUT * 2)
+                server.broadcast({"hello": "firefox"})
+                result = await evaluate
+                assert result["type"] == "success", json.dumps(result)[:2000]
+                assert json.loads(result["result"]["value"]) == {"hello": "firefox"}
+                await wait_for(lambda: server.connection_count == 0)
+                assert server.stats()["disconnect_reasons"]["client_close"] == 1
+            finally:
+                await bidi.close()
+        assert len(seen) == 1
+        assert "upgrade" in seen[0]["connection"].lower()
+        assert seen[0]["origin"] == f"http://127.0.0.1:{port}"
+        print("Firefox sent Connection:", seen[0]["connection"], "| Upgrade:", seen[0]["upgrade"])
+    finally:
+        browser.terminate()
+        try:
+            browser.wait(TIMEOUT * 2)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait()
