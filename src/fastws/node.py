@@ -23,6 +23,7 @@ from ._core import Client, Hub
 from .encoding import count_nonfinite, fallback_encode
 from .config import ServerConfig
 from .exceptions import ServerError
+from .fdlimit import check_fd_limit, listening_socket
 from .handshake import accept_upgrade
 from .http_types import HandshakeCheck, Route
 
@@ -115,8 +116,10 @@ class LocalNode:
             from .tls import server_context
 
             context = server_context(c.ssl)
-        if context is not None:
-            tls = {"ssl": context, "ssl_handshake_timeout": c.handshake_timeout}
+        if context is not None:  # fastws.tls.watch_handshakes counts TLS handshake timeouts; aiofastnet's is a backstop
+            from .tls import backstop_timeout
+
+            tls = {"ssl": context, "ssl_handshake_timeout": backstop_timeout(c.handshake_timeout)}
         loop = self._loop = asyncio.get_running_loop()
         hub = Hub(
             loop,
@@ -134,13 +137,17 @@ class LocalNode:
         if c.max_messages_per_second is not None:
             hub.msg_rate = c.max_messages_per_second
             hub.msg_burst = c.burst if c.burst is not None else max(1.0, c.max_messages_per_second)
+        check_fd_limit(c.max_connections, warn=self._limit is None)  # a worker pool warns once, in the parent
+        sock = None
         try:
+            # bound here so that running out of fds does not spin in aiofastnet's accept loop (fastws.fdlimit)
+            sock = listening_socket(c.host, c.port, reuse_port=c.reuse_port)
+            where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": c.host, "port": c.port}
             self._server = await ws_create_server(
                 self._listener_factory,
-                c.host,
-                c.port,
+                **where,
                 backlog=c.backlog,
-                reuse_port=c.reuse_port or None,
+                reuse_port=(c.reuse_port or None) if sock is None else None,
                 read_buffer_init_size=2048,
                 max_frame_size=max(c.max_message_size, 125),
                 websocket_handshake_timeout=c.handshake_timeout,
@@ -150,7 +157,16 @@ class LocalNode:
                 **tls,
             )
         except OSError as exc:
+            if sock is not None:
+                sock.close()
             raise ServerError(exc.errno, f"cannot listen on {c.host}:{c.port}: {exc.strerror or exc}") from None
+        if context is not None:
+            from .tls import watch_handshakes
+
+            def tls_timeout() -> None:
+                self.handshake_timeouts += 1
+
+            watch_handshakes(self._server, c.handshake_timeout, tls_timeout)
         self.hub = hub
         self._schedule_ping()
         logger.info("fastws listening on %s:%d", c.host, self.port)

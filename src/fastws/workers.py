@@ -42,6 +42,7 @@ import msgspec
 
 from .config import ServerConfig
 from .exceptions import ServerError
+from .fdlimit import check_fd_limit
 from .frames import split_frames
 
 __all__ = ["WorkerPool", "ConnectionSlots", "WorkerServer", "LogSetup", "resolve_workers", "worker_main",
@@ -233,6 +234,8 @@ class WorkerPool:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # raised here, the limit is inherited by every worker; warn once here, not in each
+        check_fd_limit(self.config.max_connections)
         self._hold_port()
         c = self.config
         self._worker_config = msgspec.structs.replace(
