@@ -7,17 +7,23 @@ what the limit then allows.
 Past the limit, ``accept()`` fails with ``EMFILE``. aiofastnet 1.2.0 then means to stop
 watching the listening socket for a second, but calls ``remove_reader`` on the socket
 instead of the loop (``AttributeError``): the reader stays, the loop spins at 100 % CPU
-and logs a traceback on every turn. :func:`listening_socket` binds the socket itself and
-passes it to picows as ``sock=``, as a :class:`ListeningSocket`, whose ``remove_reader``
-does what aiofastnet meant (see docs/upstream/aiofastnet-accept-emfile.md).
+and logs a traceback on every turn; and even with that fixed, its accept loop goes on
+calling ``accept()`` up to ``backlog`` more times in the same turn, each logged with a
+traceback. :func:`listening_socket` binds the socket itself and passes it to picows as
+``sock=``, as a :class:`ListeningSocket`: its ``remove_reader`` does what aiofastnet
+meant, and its ``accept`` says "nothing to accept" until the pause is over, which ends
+that loop. What remains is one logged ``socket.accept() out of system resource`` per
+second while the descriptors are exhausted (docs/upstream/aiofastnet-accept-emfile.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
+from typing import Any
 
 try:
     import resource
@@ -31,6 +37,8 @@ logger = logging.getLogger("fastws.server")
 #: Descriptors a server needs besides its clients (listening sockets, the loop, logs,
 #: the metrics server, a backplane, the workers' socket pairs, a few being accepted).
 FD_RESERVE = 64
+#: Seconds ``accept`` stays paused after EMFILE (aiofastnet watches the socket again after 1 s).
+PAUSE = 0.5
 
 
 def raise_nofile_limit() -> tuple[int, int] | None:
@@ -84,21 +92,30 @@ class ListeningSocket(socket.socket):
     what it means (``loop.remove_reader``), and logs once per pause, naming the limit.
     """
 
-    __slots__ = ("_fastws_loop", "pauses", "_logged_at")
+    __slots__ = ("_fastws_loop", "pauses", "_logged_at", "_paused_until")
 
     _fastws_loop: asyncio.AbstractEventLoop | None
     pauses: int
     _logged_at: float
+    _paused_until: float
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._fastws_loop = loop
         self.pauses = 0
         self._logged_at = -1e9
+        self._paused_until = 0.0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self._paused_until and time.monotonic() < self._paused_until:
+            # ends aiofastnet's accept loop for this turn quietly, as an empty backlog does
+            raise BlockingIOError(errno.EAGAIN, "accepting is paused: out of file descriptors")
+        return super().accept()
 
     def remove_reader(self, fd: int) -> bool:
         loop = self._fastws_loop
         self.pauses += 1
         now = time.monotonic()
+        self._paused_until = now + PAUSE
         if now - self._logged_at >= 10.0:
             self._logged_at = now
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource is not None else "?"
