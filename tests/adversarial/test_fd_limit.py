@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,13 +52,20 @@ class Serve:
         self.err = bytearray()
 
     async def __aenter__(self) -> Serve:
-        def limit() -> None:  # what `prlimit --nofile=soft:hard` does
-            resource.setrlimit(resource.RLIMIT_NOFILE, self.limits)
+        command = [sys.executable, "-m", "fastws", "--log-level", "WARNING", "serve", "--host", "127.0.0.1",
+                   "--port", "0", *self.args]
+        options: dict = {}
+        prlimit = shutil.which("prlimit")
+        if prlimit is not None:  # util-linux: sets the limits, then execs the command (same pid)
+            command = [prlimit, f"--nofile={self.limits[0]}:{self.limits[1]}", "--", *command]
+        else:
+            def limit() -> None:  # what prlimit does
+                resource.setrlimit(resource.RLIMIT_NOFILE, self.limits)
 
+            options["preexec_fn"] = limit
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fastws", "--log-level", "WARNING", "serve", "--host", "127.0.0.1", "--port", "0",
-            *self.args, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            preexec_fn=limit, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            *command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **options,
         )
         async with asyncio.timeout(TIMEOUT * 2):
             while not (m := re.search(rb"serving on ws://127\.0\.0\.1:(\d+)/", self.err)):

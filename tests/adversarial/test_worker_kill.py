@@ -28,6 +28,7 @@ def _snapshot(server: fastws.Server) -> dict[str, float]:
     return snap
 
 
+@pytest.mark.slow
 async def test_killing_a_worker_keeps_counters_monotonic_and_counts_its_clients():
     server = fastws.Server(host="127.0.0.1", port=0, workers=2, max_connections=1000)
     await server.start()
