@@ -37,7 +37,9 @@ logger = logging.getLogger("fastws.server")
 #: Descriptors a server needs besides its clients (listening sockets, the loop, logs,
 #: the metrics server, a backplane, the workers' socket pairs, a few being accepted).
 FD_RESERVE = 64
-#: Seconds ``accept`` stays paused after EMFILE (aiofastnet watches the socket again after 1 s).
+#: Seconds ``accept`` stays paused after EMFILE. Must stay below aiofastnet's
+#: ``ACCEPT_RETRY_DELAY`` (1 s), after which it watches the socket again: a pause still
+#: running then would make every loop turn call ``accept`` in vain (a spin).
 PAUSE = 0.5
 
 

@@ -237,6 +237,8 @@ class MetricsHTTPServer:
         host = bind_host(config) if host is None else host
         port = config.metrics_port if port is None else port
         self._srv = await asyncio.start_server(self._handle, host, port or 0, limit=self.MAX_HEAD)
+        logger.info("health and metrics on http://%s:%d%s", host, self.port or 0,
+                    " (metrics_token required)" if config.metrics_token is not None else "")
 
     @property
     def port(self) -> int | None:

@@ -144,3 +144,12 @@ async def test_past_the_fd_limit_no_spin_no_traceback_flood_and_service_resumes(
         async with ws:
             await until_received(serve.write_line, ws, "served again")
         assert loop.is_running()
+
+
+def test_the_accept_pause_is_shorter_than_aiofastnets_retry_delay():
+    """A pause that outlasts aiofastnet's retry would make every loop turn call accept() in vain."""
+    from aiofastnet import constants
+
+    from fastws.fdlimit import PAUSE
+
+    assert 0 < PAUSE < constants.ACCEPT_RETRY_DELAY
