@@ -20,8 +20,8 @@ from typing import Any, Protocol
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
 
 from ._core import Client, Hub
-from .encoding import count_nonfinite, fallback_encode
 from .config import ServerConfig
+from .encoding import count_nonfinite, fallback_encode
 from .exceptions import ServerError
 from .fdlimit import check_fd_limit, listening_socket
 from .handshake import accept_upgrade
