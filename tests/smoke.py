@@ -11,9 +11,10 @@ import asyncio
 import json
 import sys
 
-import fastws
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+import fastws
 
 TIMEOUT = 10.0
 

@@ -137,7 +137,7 @@ async def test_processed_realtime_finite_with_set() -> None:
 
 
 # The spec's three blueprints, verbatim (shared/spec/websocket-component.md, "Blueprint
-# Examples"): finite (each Source emits its default 10 items), they run and end by themselves.
+# Examples"), verbatim but for trailing spaces: finite (each Source emits its default 10 items), they run and end by themselves.
 SPEC_BLUEPRINTS = {
     "realtime_dashboard": """\
 system:
@@ -154,7 +154,7 @@ system:
         heartbeat_interval: 15
     - name: "broadcast_log"
       type: "Sink"
-      
+
   bindings:
     - from_component: "metrics_source"
       to_component: "websocket_server"
@@ -180,7 +180,7 @@ system:
       config:
         port: 3000
         max_connections: 500
-      
+
   bindings:
     - from_component: "user_events"
       to_component: "event_merger"
@@ -207,7 +207,7 @@ system:
       config:
         port: 8888
         heartbeat_interval: 10
-      
+
   bindings:
     - from_component: "raw_data"
       to_component: "data_filter"
