@@ -18,6 +18,8 @@ How each block is checked, by its language:
   ``javascript`` block is also checked by ``node --check``.
 * ``yaml``: parsed; a blueprint, a list of components or a server config mapping is wrapped
   into a blueprint as needed and must pass ``fastws validate``.
+  Marked ``<!-- test: save NAME -->``: also written to NAME in the scratch directory in which
+  the shell blocks of the same page run (``fastws run hot.yaml``).
 * ``json``: parsed.
 * ``<!-- test: file PATH -->`` (any language): the block is a verbatim excerpt of PATH, a file
   of the repository that has its own test (deploy/, Dockerfile).
@@ -59,7 +61,7 @@ METRICS = ("cpu_percent", "memory_percent", "requests_per_second", "latency_ms")
 PROSE = {"", "text"}
 SHELL = {"bash", "sh", "shell", "console"}
 LANGUAGES = PROSE | SHELL | {"python", "yaml", "yml", "json", "javascript", "js", "html"}
-MARKERS = {"serve", "client", "browser", "skip", "file", "parse-only"}
+MARKERS = {"serve", "client", "browser", "skip", "file", "parse-only", "save"}
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)\s*$")
 MARKER = re.compile(r"^\s*<!--\s*test:\s*(?P<kind>[\w-]+)\s*(?P<arg>.*?)\s*-->\s*$")
 
@@ -119,7 +121,7 @@ def test_every_block_is_checked() -> None:
     for b in BLOCKS:
         assert b.marker is None or b.marker in MARKERS, (
             f"{b.id}: unknown marker <!-- test: {b.marker} -->; known: {sorted(MARKERS)}")
-        if b.marker in ("skip", "file", "parse-only"):
+        if b.marker in ("skip", "file", "parse-only", "save"):
             assert b.arg, f"{b.id}: <!-- test: {b.marker} --> needs a reason or a path"
             continue
         assert b.lang in LANGUAGES, (
@@ -152,22 +154,29 @@ def localize(text: str, port: int) -> str:
 SHIM = '''\
 """`fastws` for the documentation test: this tree, on loopback and on the test's port."""
 import os, runpy, sys
+
 import yaml
 
-port = os.environ["FASTWS_DOC_PORT"]
-args = sys.argv[1:]
-command = next((i for i, a in enumerate(args) if a in ("serve", "run", "validate")), None)
-if command is not None and args[command] == "serve" and "--host" not in args:
-    args += ["--host", "127.0.0.1"]
-if command is not None and args[command] == "run":
-    path = next(a for a in args[command + 1:] if not a.startswith("-"))
-    with open(path) as f:
-        system = yaml.safe_load(f)["system"]
-    servers = [c["name"] for c in system["components"] if c.get("type") == "WebSocket"]
-    for i, name in enumerate(servers):
-        args += ["--set", f"{name}.host=127.0.0.1", "--set", f"{name}.port={port if i == 0 else 0}"]
-sys.argv = ["fastws", *args]
-runpy.run_module("fastws", run_name="__main__")
+
+def main():
+    port = os.environ["FASTWS_DOC_PORT"]
+    args = sys.argv[1:]
+    command = next((i for i, a in enumerate(args) if a in ("serve", "run", "validate")), None)
+    if command is not None and args[command] == "serve" and "--host" not in args:
+        args += ["--host", "127.0.0.1"]
+    if command is not None and args[command] == "run":
+        path = next(a for a in args[command + 1:] if not a.startswith("-"))
+        with open(path) as f:
+            system = yaml.safe_load(f)["system"]
+        servers = [c["name"] for c in system["components"] if c.get("type") == "WebSocket"]
+        for i, name in enumerate(servers):
+            args += ["--set", f"{name}.host=127.0.0.1", "--set", f"{name}.port={port if i == 0 else 0}"]
+    sys.argv = ["fastws", *args]
+    runpy.run_module("fastws", run_name="__main__")
+
+
+if __name__ == "__main__":  # workers start with multiprocessing's spawn, which imports this file
+    main()
 '''
 
 
@@ -355,6 +364,9 @@ def is_server(command: str) -> bool:
 
 @blocks(*SHELL)
 async def test_shell_block(block: Block, workdir: Path) -> None:
+    for saved in BLOCKS:
+        if saved.page == block.page and saved.marker == "save":
+            (workdir / saved.arg).write_text(saved.text)
     ran = 0
     for command in commands(block):
         port = free_port()
@@ -389,7 +401,8 @@ def as_blueprint(data: Any) -> dict[str, Any]:
     raise AssertionError(f"not a blueprint, a list of components or a config mapping: {data!r}")
 
 
-@blocks("yaml", "yml")
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang in ("yaml", "yml") and b.marker in (None, "save")],
+                         ids=[b.id for b in BLOCKS if b.lang in ("yaml", "yml") and b.marker in (None, "save")])
 def test_yaml_block(block: Block, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                     monkeypatch: pytest.MonkeyPatch) -> None:
     from fastws.cli import main
