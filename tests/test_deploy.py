@@ -151,10 +151,13 @@ http {{
 {server}
 }}
 """)
-        test = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True,
+        # -e: the error log before the config is read (the default is under /var/log, root's)
+        test = subprocess.run([nginx, "-t", "-e", str(tmp_path / "logs" / "error.log"), "-p", str(tmp_path),
+                               "-c", str(conf)], capture_output=True, text=True,
                               timeout=3 * TIMEOUT)
         assert test.returncode == 0, test.stderr
-        async with proxied_serve([nginx, "-p", str(tmp_path), "-c", str(conf)], proxy_port) as proxy:
+        async with proxied_serve([nginx, "-e", str(tmp_path / "logs" / "error.log"), "-p", str(tmp_path),
+                                  "-c", str(conf)], proxy_port) as proxy:
             await check_through_proxy(proxy_port, proc, proxy)
 
 

@@ -113,3 +113,11 @@ def test_relative_links_resolve(page: pathlib.Path) -> None:
 def test_no_machine_paths() -> None:
     for page in [*PAGES, ROOT / "bench" / "README.md"]:
         assert "/work/" not in page.read_text(), f"{page.relative_to(ROOT)} cites a path of our machines"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^(python -m pip install -e '\.\[test\]' && python -m pytest -q)\s+#", readme, re.M)
+    assert command, "the README's test command"
+    ci = (ROOT / ".ci" / "run").read_text().rstrip().splitlines()
+    assert ci[-1] == command.group(1)
