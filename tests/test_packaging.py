@@ -165,3 +165,15 @@ def test_missing_extra_names_the_extra() -> None:
 def test_license_file() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License\n\nCopyright (c) 2026 fastws developers\n")
+
+
+def test_cibuildwheel_config() -> None:
+    """manylinux x86_64 and aarch64 wheels of CPython 3.11-3.13, each smoke-tested once installed."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["cibuildwheel"]
+    assert config["build"] == ["cp311-*", "cp312-*", "cp313-*"]
+    assert config["linux"]["archs"] == ["x86_64", "aarch64"]
+    assert "*-musllinux_*" in config["skip"]
+    assert config["test-command"] == "python {project}/tests/smoke.py"
+    assert (ROOT / "tests" / "smoke.py").is_file()
