@@ -157,10 +157,10 @@ def test_missing_extra_names_the_extra() -> None:
                            "tls://h:4222", "memory://x"], capture_output=True, text=True, timeout=6 * TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
-        "backplane: redis:// needs the redis package: pip install 'fastws[redis]'",
-        "backplane: rediss:// needs the redis package: pip install 'fastws[redis]'",
-        "backplane: nats:// needs the nats-py package: pip install 'fastws[nats]'",
-        "backplane: tls:// needs the nats-py package: pip install 'fastws[nats]'",
+        "backplane: redis:// needs the redis package (the fastws[redis] extra): pip install redis",
+        "backplane: rediss:// needs the redis package (the fastws[redis] extra): pip install redis",
+        "backplane: nats:// needs the nats-py package (the fastws[nats] extra): pip install nats-py",
+        "backplane: tls:// needs the nats-py package (the fastws[nats] extra): pip install nats-py",
         "None",
     ]
 

@@ -30,8 +30,8 @@ def missing_extra(url: str | None) -> str | None:
     """The problem with backplane ``url`` if its client library is not installed, else ``None``.
 
     ``missing_extra("redis://10.0.0.5:6379/0")`` is ``None`` when the ``redis`` package can be
-    imported, and otherwise ``"backplane: redis:// needs the redis package: pip install
-    'fastws[redis]'"``. ``None``, ``memory://`` and unknown schemes are not this function's
+    imported, and otherwise ``"backplane: redis:// needs the redis package (the fastws[redis]
+    extra): pip install redis"``. ``None``, ``memory://`` and unknown schemes are not this function's
     concern (the config check reports bad URLs).
     """
     if not url:
@@ -42,4 +42,4 @@ def missing_extra(url: str | None) -> str | None:
     module, dist, extra = BACKPLANE_EXTRAS[scheme]
     if _installed(module):
         return None
-    return f"backplane: {scheme}:// needs the {dist} package: pip install 'fastws[{extra}]'"
+    return f"backplane: {scheme}:// needs the {dist} package (the fastws[{extra}] extra): pip install {dist}"
