@@ -237,6 +237,24 @@ async def test_spec_blueprint_runs_to_its_end(name: str) -> None:
         await system.stop()
 
 
+@pytest.mark.xfail(strict=True, reason="decided in issue 12, not yet done: a WebSocket component with no "
+                   "input binding serves until stopped (websocket.py / blueprint/runner.py)")
+async def test_websocket_without_input_serves_until_stopped() -> None:
+    system = System.from_string(
+        "system:\n  name: lone\n  components:\n    - {name: ws, type: WebSocket, config: {host: 127.0.0.1, port: 0}}\n")
+    await system.start()
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):  # today it ends after a few ms
+                await system.wait()
+        assert system.running
+        async with connect(f"ws://127.0.0.1:{system.port()}/") as ws:
+            await system.stop()
+            assert await close_code(ws) == 1001
+    finally:
+        await system.stop()
+
+
 async def test_cli_run_subprocess_sigint() -> None:
     """`python -m fastws run` serves the dashboard, and SIGINT stops it with 1001 and status 0."""
     pytest.importorskip("fastws.cli")

@@ -121,3 +121,18 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert command, "the README's test command"
     ci = (ROOT / ".ci" / "run").read_text().rstrip().splitlines()
     assert ci[-1] == command.group(1)
+
+
+def test_ci_preflight_names_what_is_missing() -> None:
+    """``.ci/run --check`` installs nothing; with a component missing it says which and exits 2."""
+    import os
+    import subprocess
+
+    ci = ROOT / ".ci" / "run"
+    assert subprocess.run(["bash", "-n", str(ci)], timeout=30).returncode == 0
+    proc = subprocess.run(["bash", str(ci), "--check"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "FASTWS_CHROMIUM": "/nonexistent/chromium"})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("fastws CI cannot run: missing ")
+    assert "chromium" in proc.stderr.splitlines()[0]
+    assert "apt-get install -y" in proc.stderr
