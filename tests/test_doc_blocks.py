@@ -9,8 +9,9 @@ How each block is checked, by its language:
   Marked ``<!-- test: client -->``: a client; it runs against ``fastws run
   examples/realtime_dashboard.yaml`` and must print a metric it received.
 * ``bash``/``console``: each command (``$ `` lines in ``console``) runs in ``bash -c`` with a
-  ``fastws`` on PATH that runs this tree. ``fastws serve``/``fastws run`` commands are servers,
-  checked like ``serve`` above (lines are fed to their standard input and to ``app.log``);
+  ``fastws`` on PATH that runs the fastws this test imports. ``fastws serve``/``fastws run``
+  commands are servers, checked like ``serve`` above (lines are fed to their standard input
+  and to ``app.log``);
   other commands must exit 0. Not run: ``pip install`` (tests/test_packaging.py installs the
   package) and ``python -m pytest`` (the suite is what is running).
 * ``html``/``javascript`` marked ``<!-- test: browser -->``: loaded in headless Chromium
@@ -196,12 +197,10 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def child_env(workdir: Path, port: int) -> dict[str, str]:
-    src = str(ROOT / "src")
-    path = os.environ.get("PYTHONPATH")
+    """The children import the fastws this test imports (PYTHONPATH is inherited)."""
     return {
         **os.environ,
         "PATH": f"{workdir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": f"{src}{os.pathsep}{path}" if path else src,
         "PYTHONUNBUFFERED": "1",
         "FASTWS_DOC_PORT": str(port),
     }
