@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,8 @@ from fastws.blueprint.schema import (
     BindingSpec,
     BlueprintError,
     BlueprintFile,
+    ComponentError,
+    check_component_config,
     convert_blueprint,
     decode_blueprint,
     load_blueprint,
@@ -208,6 +210,7 @@ class _Plan:
     configs: dict[str, dict[str, Any]]
     types: dict[str, str]
     edges: list[Edge]
+    warnings: list[str]
 
 
 def _input_spec(cls: type[ComposedComponent], config: dict[str, Any]) -> tuple[tuple[str, ...] | None, bool]:
@@ -227,8 +230,16 @@ def _input_spec(cls: type[ComposedComponent], config: dict[str, Any]) -> tuple[t
     return fixed, single
 
 
-def _validate(bp: BlueprintFile, source: str) -> _Plan:
-    errors: list[str] = []
+def _validate(
+    bp: BlueprintFile,
+    source: str,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    strict: bool = False,
+) -> _Plan:
+    """Every problem of the blueprint, in one BlueprintError; ``strict``: warnings are errors too."""
+    errors: list[str] = []  # "where: why"; the source is put in front at the end
+    placed = "\0"  # marks an error that names its own origin (the source, or the --set that caused it)
+    warnings: list[str] = []
     spec = bp.system
     classes: dict[str, type[ComposedComponent]] = {}
     configs: dict[str, dict[str, Any]] = {}
@@ -252,18 +263,13 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
         except ConfigError as exc:
             errors.append(str(exc))
             continue
-        validate = getattr(cls, "validate_config", None)
-        if callable(validate):
-            try:
-                validate(comp.config, f"{where}.config")
-            except ConfigError as exc:
-                errors.append(str(exc))
-                continue
-            except (ValueError, TypeError) as exc:
-                errors.append(f"{where}.config: {exc}")
-                continue
+        # every bad key, not only the first; the bindings below are still checked
+        config_errors, notes, usable = check_component_config(cls, comp.config, f"{where}.config")
+        given = (overrides or {}).get(comp.name, {})
+        errors.extend(placed + p.blamed(source, comp.name, given) for p in (*config_errors, *(notes if strict else ())))
+        warnings.extend(p.blamed(source, comp.name, given) for p in (() if strict else notes))
         classes[comp.name] = cls
-        configs[comp.name] = comp.config
+        configs[comp.name] = usable
         types[comp.name] = comp.type
 
     edges: list[Edge] = []
@@ -315,8 +321,8 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
             used.setdefault(tp, i)
             edges.append(Edge(fc, fp, tc, tp, buffer, i))
     if errors:
-        raise BlueprintError([f"{source}: {e}" for e in errors])
-    return _Plan(classes, configs, types, edges)
+        raise BlueprintError([e[1:] if e.startswith(placed) else f"{source}: {e}" for e in errors])
+    return _Plan(classes, configs, types, edges, warnings)
 
 
 def _no_port(field: str, comp: str, type_name: str, kind: str, port: str, ports: tuple[str, ...]) -> str:
@@ -364,10 +370,13 @@ class System:
         *,
         source: str = "<blueprint>",
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> None:
         self.blueprint = _apply_overrides(blueprint, overrides)
         self.source = source
-        self._plan = _validate(self.blueprint, source)
+        self._plan = _validate(self.blueprint, source, overrides, strict)
+        #: Problems that do not stop the system (unknown config keys); errors when ``strict``.
+        self.warnings = self._plan.warnings
         self.name = self.blueprint.system.name
         self.edges = self._plan.edges
         #: Components by name, in blueprint order (built by :meth:`build`).
@@ -383,9 +392,13 @@ class System:
 
     @classmethod
     def from_yaml(
-        cls, path: str | os.PathLike[str], *, overrides: Mapping[str, Mapping[str, Any]] | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> System:
-        return cls(load_blueprint(path), source=os.fspath(path), overrides=overrides)
+        return cls(load_blueprint(path), source=os.fspath(path), overrides=overrides, strict=strict)
 
     @classmethod
     def from_string(
@@ -416,9 +429,11 @@ class System:
         for comp in self.blueprint.system.components:
             cls = plan.classes[comp.name]
             try:
-                components[comp.name] = cls(comp.name, dict(plan.configs[comp.name]))
+                components[comp.name] = cls(comp.name, dict(comp.config))
             except ConfigError as exc:
                 raise BlueprintError(f"{self.source}: components[{self._index(comp.name)}]: {exc}") from None
+            except Exception as exc:
+                raise ComponentError(comp.name, comp.type, "__init__", exc) from exc
         receivers: dict[
             tuple[str, str], tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]
         ] = {}
@@ -486,8 +501,11 @@ class System:
             )
         self.build()
         try:
-            for comp in self.components.values():
-                await comp.start()
+            for name, comp in self.components.items():
+                try:
+                    await comp.start()
+                except Exception as exc:
+                    raise ComponentError(name, self._plan.types[name], "start()", exc) from exc
                 self._started.append(comp)
         except BaseException:
             await self._stop_components()
@@ -523,9 +541,16 @@ class System:
         self._close_streams()
         logger.info("system %r stopped", self.name)
 
-    async def run(self, *, handle_signals: bool = True) -> None:
-        """Start, run until processing is done (or SIGINT/SIGTERM), then stop."""
+    async def run(
+        self, *, handle_signals: bool = True, on_started: Callable[[System], None] | None = None
+    ) -> None:
+        """Start, run until processing is done (or SIGINT/SIGTERM), then stop.
+
+        ``on_started(system)`` is called once every component has started.
+        """
         await self.start()
+        if on_started is not None:
+            on_started(self)
         try:
             if handle_signals and threading.current_thread() is threading.main_thread():
                 async with anyio.create_task_group() as tg:
