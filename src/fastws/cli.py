@@ -273,7 +273,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {describe_error(exc)}") from None
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     try:
         raw = msgspec.json.decode(data) if path.endswith(".json") else msgspec.yaml.decode(data)
     except msgspec.DecodeError as exc:

@@ -256,9 +256,11 @@ def check_component_config(
         if not progressed:
             break
     warnings: list[ConfigProblem] = []
-    for key in [*unknown, *sorted(refused - set(unknown))]:
+    for key in [*unknown, *(k for k in config if k in refused and k not in unknown)]:
         problem = ConfigProblem(key, f"{where}.{key}", unknown_key_message(key, known).partition(": ")[2])
         (errors if key in refused else warnings).append(problem)
+    order = {key: i for i, key in enumerate(config)}  # report in the order of the file
+    errors.sort(key=lambda p: order.get(p.key, -1) if p.key is not None else -1)
     return errors, warnings, remaining
 
 
