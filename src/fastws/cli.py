@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 1
     if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
+        print("fastws: error: a command is required: serve, run or validate (see fastws --help)", file=sys.stderr)
         return 1
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     hide_listening_log()
