@@ -425,7 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _reserve_std_fds()
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            prog = f"fastws {args.command}" if getattr(args, "command", None) else "fastws"
+            raise UsageError(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)")
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -131,10 +131,15 @@ def _fail(exc: BaseException) -> int:
 
 def validate_command(args: argparse.Namespace) -> int:
     strict = bool(getattr(args, "strict", False))
+    # validate reports each problem itself, once; a component class that also logs what it
+    # ignores (an unknown key) would say it a second time
+    logging.disable(logging.WARNING)
     try:
         system = _load(args, strict)
     except ConfigError as exc:
         return _fail(exc)
+    finally:
+        logging.disable(logging.NOTSET)
     for warning in system.warnings:
         print(f"warning: {_set_blamed(warning)}", file=sys.stderr)
     n = len(system.blueprint.system.components)
