@@ -1,4 +1,4 @@
-"""Build fastws._core (Cython).
+"""Build fastws._core and fastws._testing (Cython).
 
 Environment switches:
   FASTWS_DEBUG=1     bounds and wraparound checks on, -O0 -g
@@ -29,11 +29,13 @@ if COVERAGE:
 
 extensions = [
     Extension(
-        "fastws._core",
-        ["src/fastws/_core.pyx"],
+        name,
+        [f"src/{name.replace('.', '/')}.pyx"],
         extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
         define_macros=macros,
     )
+    # _core: the hot path; _testing: in-memory transports for tests and bench/bench_core.py only
+    for name in ("fastws._core", "fastws._testing")
 ]
 
 setup(

@@ -11,12 +11,13 @@ from typing import Any
 
 import anyio
 import pytest
-from utils import TIMEOUT
 
 from fastws.blueprint import BlueprintError, FanOutSendStream, System
 from fastws.blueprint import cli as blueprint_cli
+from fastws.blueprint.cli import main as cli_main
 from fastws.component import ComposedComponent
 from fastws.components import Sink
+from tests.utils import TIMEOUT
 
 
 def write(tmp_path: Path, text: str, name: str = "system.yaml") -> Path:
@@ -164,11 +165,22 @@ def test_source_has_no_inputs_and_single_input_ports(tmp_path: Path) -> None:
     ]
 
 
-def test_unknown_config_key_lists_known_ones(tmp_path: Path) -> None:
+def test_unknown_config_key_is_a_warning_and_an_error_when_strict(tmp_path: Path) -> None:
     text = "system: {name: x, components: [{name: s, type: Sink, config: {mod: log, retry_enabled: true}}]}\n"
-    assert errors_of(text, tmp_path) == [
-        "components[0].config.mod: unknown key; known keys are: mode, level, path, keep_last"
-    ]
+    path = write(tmp_path, text)
+    expected = f"{path}: components[0].config.mod: unknown key, ignored (Sink keys are: mode, level, path, keep_last)"
+    assert System.from_yaml(path).warnings == [expected]
+    with pytest.raises(BlueprintError) as info:
+        System.from_yaml(path, strict=True)
+    assert info.value.errors == [expected]
+
+
+def test_validate_prints_warnings_and_strict_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "system: {name: x, components: [{name: s, type: Sink, config: {mod: log}}]}\n")
+    assert cli_main(["validate", str(path)]) == 0
+    assert "warning: " in capsys.readouterr().err
+    assert cli_main(["validate", "--strict", str(path)]) == 1
+    assert "components[0].config.mod: unknown key" in capsys.readouterr().err
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -329,7 +341,7 @@ async def test_async_with_and_wait() -> None:
         with anyio.fail_after(TIMEOUT):
             await system.wait()
         assert system["sink"].count == 5  # type: ignore[attr-defined]
-    assert system.status()["sink"]["processed"] == 5
+    assert system.status()["sink"]["items_processed"] == system.status()["sink"].items_processed == 5
 
 
 # -- CLI subcommands ------------------------------------------------------------------------------
@@ -376,3 +388,69 @@ def test_cli_run(tmp_path: Path) -> None:
     )
     assert args.func(args) == 0
     assert len(out.read_text().splitlines()) == 5
+
+
+# -- the component contract, as the runner reads it (fastws/component.py) -------------------------
+
+
+class TwoPorts(ComposedComponent):
+    INPUT_PORTS = ("a", "b")
+    OUTPUT_PORTS = ("out",)
+
+    async def process(self) -> None:
+        await self.close_outputs()
+
+
+class OwnProcess(ComposedComponent):
+    async def process(self) -> None:  # reads its inputs its own way: READS_ALL_INPUTS inferred
+        await self.close_outputs()
+
+
+class OwnProcessOnePort(ComposedComponent):
+    READS_ALL_INPUTS = False
+
+    async def process(self) -> None:
+        await self.close_outputs()
+
+
+def _contract_system(to_type: str, ports: tuple[str, str], from_port: str = "output") -> dict[str, Any]:
+    return {
+        "system": {
+            "name": "contract",
+            "components": [
+                {"name": "src", "type": "Source"},
+                {"name": "src2", "type": "Source"},
+                {"name": "x", "type": f"{__name__}:{to_type}"},
+            ],
+            "bindings": [
+                {"from": f"src.{from_port}", "to": f"x.{ports[0]}"},
+                {"from": "src2.output", "to": f"x.{ports[1]}"},
+            ],
+        }
+    }
+
+
+def test_runner_reads_declared_ports_and_reads_all_inputs() -> None:
+    assert TwoPorts.reads_all_inputs() and OwnProcess.READS_ALL_INPUTS and not OwnProcessOnePort.READS_ALL_INPUTS
+    System.from_dict(_contract_system("TwoPorts", ("a", "b")))
+    System.from_dict(_contract_system("OwnProcess", ("p", "q")))
+    with pytest.raises(BlueprintError) as info:
+        System.from_dict(_contract_system("TwoPorts", ("a", "c")))
+    assert info.value.errors == [
+        f"<dict>: bindings[1].to: component 'x' ({__name__}:TwoPorts) has no input port 'c'; "
+        "its input ports are: a, b"
+    ]
+    with pytest.raises(BlueprintError, match=r"'x' \(.*OwnProcessOnePort\) reads a single input port"):
+        System.from_dict(_contract_system("OwnProcessOnePort", ("p", "q")))
+
+
+def test_stream_processor_variants_declare_their_ports() -> None:
+    from fastws.components import StreamProcessor
+    from fastws.components.stream_processor import DeduplicatingProcessor, JoiningProcessor
+
+    assert StreamProcessor.input_ports({"variant": "joining"}) == ("left", "right")
+    assert StreamProcessor.input_ports({"variant": "windowing"}) is None
+    assert not StreamProcessor.reads_all_inputs({"variant": "deduplication"})
+    sp = StreamProcessor("j", {"variant": "joining"})
+    assert type(sp) is JoiningProcessor and isinstance(sp, StreamProcessor)
+    assert type(StreamProcessor("d", {"variant": "deduplication"})) is DeduplicatingProcessor

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from utils import TIMEOUT
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from fastws.blueprint import System
+from tests.utils import TIMEOUT
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 LOCAL = {"host": "127.0.0.1", "port": 0}

@@ -1,5 +1,5 @@
 """Helpers shared by the ``fastws`` subcommands (``serve`` in fastws.cli, ``run``/``validate``
-in fastws.blueprint.cli): one loop runner, one-line usage errors, addresses, plurals.
+in fastws.blueprint.cli): one-line usage errors, addresses, plurals.
 
 Kept apart so that neither command module imports the other.
 """
@@ -7,12 +7,10 @@ Kept apart so that neither command module imports the other.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn
 
 __all__ = [
     "LOOPS",
@@ -22,11 +20,8 @@ __all__ = [
     "hostport",
     "hide_listening_log",
     "plural",
-    "run_loop",
     "url",
 ]
-
-T = TypeVar("T")
 
 #: Choices of ``--loop``.
 LOOPS = ("auto", "asyncio", "uvloop")
@@ -41,19 +36,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
-
-
-def run_loop(main: Callable[[], Coroutine[Any, Any, T]], loop: str = "auto") -> T:
-    """Run ``main()`` to completion on uvloop (``auto``: when installed) or asyncio's loop."""
-    if loop in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if loop == "uvloop":
-                raise UsageError("--loop uvloop: uvloop is not installed") from None
-        else:
-            return uvloop.run(main())
-    return asyncio.run(main())
 
 
 def plural(n: int, word: str, words: str | None = None) -> str:

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import stat
 import sys
@@ -28,10 +29,11 @@ import msgspec.inspect
 import msgspec.json
 import msgspec.yaml
 
-from ._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, plural, run_loop, url
+from ._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, plural, url
 from .blueprint.cli import register as register_blueprint_commands
 from .config import ServerConfig
 from .exceptions import ConfigError, FastWSError
+from .loop import run as run_loop
 
 if TYPE_CHECKING:
     from .server import Server
@@ -97,6 +99,10 @@ HELP = {
     "workers": "worker processes sharing the port (SO_REUSEPORT); 'auto': one per CPU core",
     "backplane": "fan out across nodes through a broker: redis://host:port/db or nats://host:port",
     "backplane_channel": "Redis channel / NATS subject the nodes share",
+    "fragment_timeout": "seconds a client may keep a fragmented message unfinished; past it: CLOSE 1008",
+    "metrics_host": "address of the --metrics-port server (default: 127.0.0.1, loopback only)",
+    "metrics_token": "bearer token required by the health and metrics paths (prefer --config FILE)",
+    "auth.require_exp": "refuse JWTs without an exp claim",
 }
 
 _NULL_WORDS = ("off", "none", "null")
@@ -176,7 +182,7 @@ def _metavar(types: Sequence[msgspec.inspect.Type], key: str, single: bool = Fal
     elif any(isinstance(t, msgspec.inspect.FloatType) for t in others):
         word = "SECONDS" if leaf.endswith(("timeout", "interval", "leeway")) else "NUMBER"
     else:
-        word = leaf.upper()
+        word = leaf.rsplit("_", 1)[-1].upper()  # metrics_host -> HOST
         if single:  # a repeatable flag takes one item at a time
             word = word.removesuffix("S")
     return "|".join([word, *map(str, literals)])
@@ -286,7 +292,27 @@ def _read_config_file(path: str) -> dict[str, Any]:
     _, unknown = split_known(ServerConfig.keys(), raw)
     if unknown:
         raise ConfigError("; ".join(f"{path}: {unknown_key_message(k, ServerConfig.keys())}" for k in unknown))
-    return raw
+    return {key: _expand(value, f"{path}: {key}") for key, value in raw.items()}
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: Any, where: str) -> Any:
+    """``${NAME}`` in a string of the config file -> the environment variable (secrets stay out of it)."""
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, where) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def env(m: re.Match[str]) -> str:
+        if m.group(1) not in os.environ:
+            raise ConfigError(f"{where}: the environment variable {m.group(1)} is not set")
+        return os.environ[m.group(1)]
+
+    return _ENV_REF.sub(env, value)
 
 
 def server_config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
@@ -443,8 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("fastws.picows").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
-        print(f"fastws: error: {exc}", file=sys.stderr)
+    except ImportError as exc:  # --loop uvloop without uvloop
+        print(f"fastws: error: --loop: {exc}", file=sys.stderr)
         return 1
     except (FastWSError, OSError) as exc:
         print(f"fastws: error: {describe_error(exc)}", file=sys.stderr)
@@ -459,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = _serve_config(args)
     stdin_kind = stdin_kind_of(0)  # before any socket exists
-    return run_loop(lambda: _serve(config, stdin_kind, args.exit_on_eof), args.loop)
+    return run_loop(_serve(config, stdin_kind, args.exit_on_eof), args.loop)
 
 
 async def _serve(config: ServerConfig, stdin_kind: str, exit_on_eof: bool) -> int:

@@ -59,6 +59,14 @@ async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> t
         return await proc.wait(), rest
 
 
+async def wait_line(stream: asyncio.StreamReader | None, text: str) -> None:
+    """Read ``stream`` until a line contains ``text`` (bounded)."""
+    assert stream is not None
+    async with asyncio.timeout(TIMEOUT):
+        while text not in (line := (await stream.readline()).decode()):
+            assert line, f"ended before {text!r}"
+
+
 def kill(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.kill()
@@ -72,12 +80,13 @@ async def serves(port: int) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_dev_null(sig: int) -> None:
-    proc, port, _ = await spawn(stdin=subprocess.DEVNULL)
+    proc, port, stderr = await spawn(stdin=subprocess.DEVNULL)
     try:
         await serves(port)
+        await wait_line(stderr, "standard input ended after 0 lines")
         code, err = await stop(proc, sig)
         assert code == 0, err
-        assert "standard input ended after 0 lines" in err
+        assert "Traceback" not in err
     finally:
         kill(proc)
 
@@ -86,12 +95,12 @@ async def test_regular_file(tmp_path) -> None:
     data = tmp_path / "in.txt"
     data.write_bytes(b"one\ntwo\nthree without newline")
     with open(data, "rb") as f:
-        proc, port, _ = await spawn(stdin=f)
+        proc, port, stderr = await spawn(stdin=f)
     try:
         await serves(port)
+        await wait_line(stderr, "standard input ended after 3 lines")  # read with plain reads
         code, err = await stop(proc)
         assert code == 0, err
-        assert "standard input ended after 3 lines" in err
         assert "Traceback" not in err
     finally:
         kill(proc)

@@ -17,19 +17,11 @@ from typing import Any
 import msgspec
 import msgspec.yaml
 
-from fastws._cliutil import (
-    LOOPS,
-    Parser,
-    UsageError,
-    describe_error,
-    hide_listening_log,
-    plural,
-    run_loop,
-    url,
-)
+from fastws._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, plural, url
 from fastws.blueprint.runner import System
 from fastws.blueprint.schema import BlueprintError, ComponentError
 from fastws.exceptions import ConfigError, FastWSError
+from fastws.loop import run as run_loop
 
 __all__ = ["main", "parse_overrides", "register", "run_command", "validate_command"]
 
@@ -123,6 +115,8 @@ def _set_blamed(line: str) -> str:
 
 
 def _fail(exc: BaseException) -> int:
+    for warning in exc.warnings if isinstance(exc, BlueprintError) else ():
+        print(f"warning: {_set_blamed(warning)}", file=sys.stderr)
     lines = exc.errors if isinstance(exc, BlueprintError) else [describe_error(exc)]
     for line in lines:
         print(f"error: {_set_blamed(line)}", file=sys.stderr)
@@ -180,7 +174,7 @@ def run_command(args: argparse.Namespace) -> int:
         return _fail(exc)
     _configure_logging(getattr(args, "log_level", "INFO"))
     try:
-        run_loop(lambda: system.run(on_started=announce), getattr(args, "loop", "auto"))
+        run_loop(system.run(on_started=announce), getattr(args, "loop", "auto"))
     except ComponentError as exc:
         cause = describe_error(exc.error)
         print(f"error: component {exc.component!r} ({exc.type_name}): {exc.stage} failed: {cause}",

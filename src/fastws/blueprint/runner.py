@@ -42,7 +42,7 @@ from fastws.blueprint.schema import (
     decode_blueprint,
     load_blueprint,
 )
-from fastws.component import ComposedComponent
+from fastws.component import ComponentStatus, ComposedComponent
 from fastws.components import resolve_component_type
 from fastws.exceptions import ConfigError
 
@@ -213,32 +213,21 @@ class _Plan:
     warnings: list[str]
 
 
-def _input_spec(cls: type[ComposedComponent], config: dict[str, Any]) -> tuple[tuple[str, ...] | None, bool]:
-    """(fixed input port names or None, True if it reads only one input port)."""
-    ports_fn = getattr(cls, "input_ports", None)
-    fixed = ports_fn(config) if callable(ports_fn) else getattr(cls, "INPUT_PORTS", None)
-    if fixed is not None:
-        fixed = tuple(fixed)
-    reads_all = bool(getattr(cls, "READS_ALL_INPUTS", False)) or (fixed is not None and len(fixed) > 1)
-    from fastws.components._base import BuiltinComponent
-
-    single = not reads_all and (
-        issubclass(cls, BuiltinComponent)
-        or cls.process is ComposedComponent.process
-        or cls.__name__ == "WebSocketComponent"
-    )
-    return fixed, single
-
-
 def _validate(
     bp: BlueprintFile,
     source: str,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
     strict: bool = False,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> _Plan:
-    """Every problem of the blueprint, in one BlueprintError; ``strict``: warnings are errors too."""
+    """Check the blueprint against the component contract (:mod:`fastws.component`).
+
+    Unknown config keys are warnings (``strict``: errors); everything else that is
+    wrong is an error. All errors are raised together in one :class:`BlueprintError`:
+    every bad key of every component, and the bindings even where a config is bad. A problem
+    caused by ``overrides`` (``--set``) is blamed on the override, not on the file.
+    """
     errors: list[str] = []  # "where: why"; the source is put in front at the end
-    placed = "\0"  # marks an error that names its own origin (the source, or the --set that caused it)
+    placed = "\0"  # marks an error that names its own origin (the source, or the override that caused it)
     warnings: list[str] = []
     spec = bp.system
     classes: dict[str, type[ComposedComponent]] = {}
@@ -295,11 +284,12 @@ def _validate(
                 errors.append(f"bindings[{i}]: component {fc!r} is bound to itself")
                 continue
             from_cls, to_cls = classes[fc], classes[tc]
-            out_ports = getattr(from_cls, "OUTPUT_PORTS", None)
+            out_ports = from_cls.output_ports(configs[fc])
             if out_ports is not None and fp not in out_ports:
                 errors.append(_no_port(_port_field(ffield), fc, types[fc], "output", fp, out_ports))
                 continue
-            fixed, single = _input_spec(to_cls, configs[tc])
+            fixed = to_cls.input_ports(configs[tc])
+            single = not to_cls.reads_all_inputs(configs[tc])
             if fixed is not None and tp not in fixed:
                 errors.append(_no_port(_port_field(tfield), tc, types[tc], "input", tp, fixed))
                 continue
@@ -321,7 +311,7 @@ def _validate(
             used.setdefault(tp, i)
             edges.append(Edge(fc, fp, tc, tp, buffer, i))
     if errors:
-        raise BlueprintError([e[1:] if e.startswith(placed) else f"{source}: {e}" for e in errors])
+        raise BlueprintError([e[1:] if e.startswith(placed) else f"{source}: {e}" for e in errors], warnings)
     return _Plan(classes, configs, types, edges, warnings)
 
 
@@ -347,9 +337,10 @@ def _apply_overrides(bp: BlueprintFile, overrides: Mapping[str, Mapping[str, Any
     return msgspec.structs.replace(bp, system=msgspec.structs.replace(bp.system, components=new_components))
 
 
-def validate_blueprint(bp: BlueprintFile, source: str = "<blueprint>") -> list[Edge]:
-    """Check a decoded blueprint; return its resolved edges or raise :class:`BlueprintError`."""
-    return _validate(bp, source).edges
+def validate_blueprint(bp: BlueprintFile, source: str = "<blueprint>", *, strict: bool = False) -> list[Edge]:
+    """Check a decoded blueprint; return its resolved edges or raise :class:`BlueprintError`
+    (``strict``: unknown config keys are errors too)."""
+    return _validate(bp, source, strict).edges
 
 
 # -- the system ---------------------------------------------------------------------------
@@ -374,9 +365,9 @@ class System:
     ) -> None:
         self.blueprint = _apply_overrides(blueprint, overrides)
         self.source = source
-        self._plan = _validate(self.blueprint, source, overrides, strict)
-        #: Problems that do not stop the system (unknown config keys); errors when ``strict``.
-        self.warnings = self._plan.warnings
+        self._plan = _validate(self.blueprint, source, strict, overrides)
+        #: Problems that do not stop the system (unknown config keys), one line each.
+        self.warnings: list[str] = self._plan.warnings
         self.name = self.blueprint.system.name
         self.edges = self._plan.edges
         #: Components by name, in blueprint order (built by :meth:`build`).
@@ -407,8 +398,9 @@ class System:
         *,
         source: str = "<string>",
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> System:
-        return cls(decode_blueprint(text, source), source=source, overrides=overrides)
+        return cls(decode_blueprint(text, source), source=source, overrides=overrides, strict=strict)
 
     @classmethod
     def from_dict(
@@ -417,8 +409,9 @@ class System:
         *,
         source: str = "<dict>",
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> System:
-        return cls(convert_blueprint(dict(data), source), source=source, overrides=overrides)
+        return cls(convert_blueprint(dict(data), source), source=source, overrides=overrides, strict=strict)
 
     def build(self) -> dict[str, ComposedComponent]:
         """Instantiate the components and wire the bindings (once)."""
@@ -479,7 +472,8 @@ class System:
             raise ValueError(f"component {name!r} has no bound port (is the system started?)")
         return port
 
-    def status(self) -> dict[str, dict[str, Any]]:
+    def status(self) -> dict[str, ComponentStatus]:
+        """Each component's live status (attributes, or mapping access by the same names)."""
         return {name: c.get_status() for name, c in self.components.items()}
 
     @property
@@ -598,7 +592,11 @@ class System:
             logger.exception("system %r: component %r failed; the others go on", self.name, comp.name)
         finally:
             # Outputs closed: downstream sees the end. Inputs closed: upstream is not blocked.
-            for stream in (*comp.send_streams.values(), *comp.receive_streams.values()):
+            streams: list[ObjectSendStream[Any] | ObjectReceiveStream[Any]] = [
+                *comp.send_streams.values(),
+                *comp.receive_streams.values(),
+            ]
+            for stream in streams:
                 _close(stream)
 
     async def _stop_components(self) -> None:

@@ -41,7 +41,6 @@ __all__ = [
     "QoSSpec",
     "SystemSpec",
     "check_component_config",
-    "component_config_keys",
     "decode_blueprint",
     "load_blueprint",
     "split_known",
@@ -52,10 +51,12 @@ BufferSize = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class BlueprintError(ConfigError):
-    """A blueprint is invalid. ``errors`` lists every problem found, one line each."""
+    """A blueprint is invalid. ``errors`` lists every problem found, one line each;
+    ``warnings`` what was found besides (unknown keys a component would ignore)."""
 
-    def __init__(self, errors: list[str] | str) -> None:
+    def __init__(self, errors: list[str] | str, warnings: list[str] | None = None) -> None:
         self.errors = [errors] if isinstance(errors, str) else list(errors)
+        self.warnings = list(warnings or ())
         super().__init__("\n".join(self.errors))
 
 
@@ -130,11 +131,6 @@ _LINE_RE = re.compile(r'\s*in "[^"]*", line (\d+), column (\d+)')
 
 # -- component configs: every problem, one wording ------------------------------------------
 
-_UNKNOWN_RE = re.compile(
-    r"^(?:unknown key|unknown field|unknown setting)\b|^object contains unknown field `(?P<field>[^`]*)`"
-)
-
-
 def split_known(
     known: Iterable[str], config: Mapping[str, Any], ignore: Iterable[str] = FRAMEWORK_KEYS
 ) -> tuple[dict[str, Any], list[str]]:
@@ -152,25 +148,6 @@ def unknown_key_message(key: str, known: Iterable[str] | None) -> str:
     if known is None:
         return f"{key}: unknown key"
     return f"{key}: unknown key; known keys are: {', '.join(known)}"
-
-
-def component_config_keys(cls: type) -> tuple[str, ...] | None:
-    """The config keys a component class understands, or None when it does not say."""
-    declared = getattr(cls, "config_keys", None)
-    if callable(declared):
-        return tuple(declared())
-    struct = getattr(cls, "Config", None)
-    if isinstance(struct, type) and issubclass(struct, msgspec.Struct):
-        return tuple(struct.__struct_fields__)
-    try:
-        from fastws.websocket import WebSocketComponent
-    except ImportError:  # pragma: no cover - the compiled core is missing
-        return None
-    if issubclass(cls, WebSocketComponent):
-        from fastws.config import ServerConfig
-
-        return ServerConfig.keys()
-    return None
 
 
 @dataclass(frozen=True)
@@ -214,51 +191,43 @@ def check_component_config(
 ) -> tuple[list[ConfigProblem], list[ConfigProblem], dict[str, Any]]:
     """Check a component's config and report every problem, not only the first.
 
-    Returns ``(errors, warnings, usable_config)``. The class's ``validate_config(config, where)``
-    is called again without each key it rejects, until it accepts what is left (bounded by the
-    number of keys). An unknown key the class accepts (and ignores) is a warning; one it refuses
-    is an error. Both are worded by :func:`unknown_key_message`.
+    Returns ``(errors, warnings, usable_config)``. ``cls.validate_config(config, where)``
+    raises :class:`ConfigError` at the first key it cannot run with, and returns its warnings
+    (an unknown key it ignores, in its own words); it is called again without each key it
+    refuses until it accepts what is left (bounded by the number of keys).
     """
     if config is None:
         config = {}
-    if not isinstance(config, dict):
-        return [ConfigProblem(None, where, f"expected a mapping of settings, got {type(config).__name__}")], [], {}
-    known = component_config_keys(cls)
-    unknown = split_known(known, config)[1] if known is not None else []
+    if not isinstance(config, Mapping):
+        return [ConfigProblem(None, where, f"expected a mapping of settings, got {config!r}")], [], {}
     errors: list[ConfigProblem] = []
-    refused: set[str] = set()
+    warnings: list[ConfigProblem] = []
     remaining = dict(config)
     validate = getattr(cls, "validate_config", None)
     for _ in range(len(config) + 1 if callable(validate) else 0):
         try:
-            validate(remaining, where)  # type: ignore[misc]
-            break
+            notes = validate(remaining, where)  # type: ignore[misc]
         except ConfigError as exc:
             lines = str(exc).splitlines() or [""]
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # raised by a user component's own validate_config
             errors.append(ConfigProblem(None, where, str(exc)))
+            break
+        else:
+            for line in notes or ():
+                key, path, why = _locate(str(line), where)
+                warnings.append(ConfigProblem(key, path, why))
             break
         progressed = False
         for line in lines:
             key, path, why = _locate(line, where)
-            m = _UNKNOWN_RE.match(why)
-            if key is None or key not in remaining:
-                errors.append(ConfigProblem(key, path, why))
-                continue
-            if m and m.group("field"):  # a nested struct: "config.ssl: object contains unknown field `x`"
-                errors.append(ConfigProblem(key, f"{path}.{m.group('field')}", "unknown key"))
-            elif m or key in unknown:
-                refused.add(key)
-            else:
-                errors.append(ConfigProblem(key, path, why))
-            del remaining[key]
-            progressed = True
+            if why == "unknown field":  # msgspec's word, inside a nested struct (ssl, auth)
+                why = "unknown key"
+            errors.append(ConfigProblem(key, path, why))
+            if key is not None and key in remaining:
+                del remaining[key]
+                progressed = True
         if not progressed:
             break
-    warnings: list[ConfigProblem] = []
-    for key in [*unknown, *(k for k in config if k in refused and k not in unknown)]:
-        problem = ConfigProblem(key, f"{where}.{key}", unknown_key_message(key, known).partition(": ")[2])
-        (errors if key in refused else warnings).append(problem)
     order = {key: i for i, key in enumerate(config)}  # report in the order of the file
     errors.sort(key=lambda p: order.get(p.key, -1) if p.key is not None else -1)
     return errors, warnings, remaining
