@@ -32,7 +32,7 @@ import msgspec.yaml
 from ._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, plural, url
 from .blueprint.cli import register as register_blueprint_commands
 from .config import ServerConfig
-from .exceptions import ConfigError, FastWSError
+from .exceptions import ConfigError, EncodeError, FastWSError
 from .loop import run as run_loop
 
 if TYPE_CHECKING:
@@ -659,6 +659,7 @@ class StdinPump:
         rate = server.config.broadcast_rate_limit
         self.pacer = Pacer(rate) if rate is not None else None  # stdin is read more slowly, nothing dropped
         self.lines = 0
+        self.refused = 0  # lines the server would not broadcast (EncodeError: over max_queued_bytes)
         self.ended = False
         self._batch: list[bytes] = []
         self._next = 0
@@ -710,12 +711,32 @@ class StdinPump:
         elif self.kind != "pipe":
             self._slots.release()
 
-    def _send(self, line: bytes) -> None:
+    @staticmethod
+    def _text(line: bytes) -> str:
         text = line.decode("utf-8", "replace")
-        if text.endswith("\r"):
-            text = text[:-1]
-        self.server.broadcast(text)
-        self.lines += 1
+        return text[:-1] if text.endswith("\r") else text
+
+    def _refused(self, exc: EncodeError) -> None:
+        self.refused += 1
+        logger.warning("standard input: a line was not broadcast: %s", exc)
+
+    def _send(self, line: bytes) -> None:
+        try:
+            self.server.broadcast(self._text(line))
+        except EncodeError as exc:  # e.g. longer than max_queued_bytes
+            self._refused(exc)
+        else:
+            self.lines += 1
+
+    def _send_batch(self) -> None:
+        """The rest of the batch at once (no pacing): one call, one write per client."""
+        texts = [self._text(line) for line in self._batch[self._next:]]
+        self._batch, self._next = [], 0
+        for result in self.server.broadcast_many(texts):
+            if isinstance(result, EncodeError):
+                self._refused(result)
+            else:
+                self.lines += 1
 
     def _chunk(self, chunk: bytes) -> bool:
         """Split ``chunk`` into ``self._batch``; False at the end of input."""
@@ -732,9 +753,11 @@ class StdinPump:
         more = True
         while more:
             more = self._chunk(await self.queue.get())
+            if self.pacer is None:
+                self._send_batch()
             while self._next < len(self._batch):
-                if self.pacer is not None:
-                    await self.pacer.wait()
+                assert self.pacer is not None
+                await self.pacer.wait()
                 self._send(self._batch[self._next])
                 self._next += 1
             self._batch = []
@@ -747,7 +770,10 @@ class StdinPump:
 
     def _skipped_text(self) -> str:
         n = self.splitter.skipped
-        return f" ({plural(n, 'line')} longer than max_message_size skipped)" if n else ""
+        notes = [f"{plural(n, 'line')} longer than max_message_size skipped"] if n else []
+        if self.refused:
+            notes.append(f"{plural(self.refused, 'line')} refused by the server")
+        return f" ({'; '.join(notes)})" if notes else ""
 
     def _close(self) -> None:
         self._stopping.set()
@@ -767,9 +793,7 @@ class StdinPump:
         await asyncio.gather(task, return_exceptions=True)
         before = self.lines
         while True:
-            for line in self._batch[self._next:]:
-                self._send(line)
-            self._batch, self._next = [], 0
+            self._send_batch()
             if self.ended:
                 break
             try:

@@ -172,6 +172,31 @@ async def test_pipe_overlong_lines_are_skipped_whole() -> None:
         kill(proc)
 
 
+async def test_line_over_max_queued_bytes_is_refused_counted_and_the_next_one_goes_out() -> None:
+    """A line that fits max_message_size but not max_queued_bytes: the server refuses it
+    (EncodeError), the pump logs it once and goes on."""
+    proc, port, stderr = await spawn("--max-queued-bytes", "4096", stdin=subprocess.PIPE)
+    assert proc.stdin is not None and stderr is not None
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/", open_timeout=TIMEOUT) as ws:
+            async def write_line(text: str) -> None:
+                proc.stdin.write(f"{text}\n".encode())  # type: ignore[union-attr]
+                await proc.stdin.drain()  # type: ignore[union-attr]
+
+            await until_received(write_line, ws, "ready")
+            proc.stdin.write(b"z" * 5000 + b"\nnext\n")
+            proc.stdin.close()
+            async with asyncio.timeout(TIMEOUT):
+                while (msg := await ws.recv()) == "ready":
+                    pass
+            assert msg == "next"
+            await wait_line(stderr, "1 line refused by the server")
+            code, err = await stop(proc)
+        assert code == 0 and "Traceback" not in err
+    finally:
+        kill(proc)
+
+
 async def test_sigterm_during_a_burst_delivers_what_was_read() -> None:
     """SIGTERM while a large burst is piped in: every line fastws read goes out before the
     CLOSE 1001, in order, and the count it logs is exactly what the client received."""
