@@ -250,3 +250,42 @@ async def write_all(proc: asyncio.subprocess.Process, data: bytes) -> None:
         await proc.stdin.drain()
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server stopped reading: what it had read is what counts
+
+
+@pytest.mark.parametrize("kind", ["socket", "tty"])
+async def test_socket_and_terminal_stdin_lines_arrive(kind: str) -> None:
+    """A socket (systemd's StandardInput=socket) goes to the loop's pipe reader; a terminal
+    to the thread reader. Both broadcast their lines, and SIGTERM exits 0."""
+    if kind == "socket":
+        ours, theirs = socket.socketpair()
+        send = ours.sendall
+        child_fd = theirs.fileno()
+    else:
+        import pty
+
+        master, child_fd = pty.openpty()
+        ours = theirs = None
+
+        def send(data: bytes) -> None:
+            os.write(master, data)
+    try:
+        proc, port, _ = await spawn(stdin=child_fd)
+    finally:
+        if theirs is not None:
+            theirs.close()
+        else:
+            os.close(child_fd)
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/", open_timeout=TIMEOUT) as ws:
+            async def write_line(text: str) -> None:
+                send(f"{text}\n".encode())
+
+            await until_received(write_line, ws, f"hello from a {kind}")
+        code, err = await stop(proc)
+        assert code == 0 and "Traceback" not in err
+    finally:
+        kill(proc)
+        if ours is not None:
+            ours.close()
+        else:
+            os.close(master)
