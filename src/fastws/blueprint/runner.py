@@ -255,7 +255,8 @@ def _validate(
         # every bad key, not only the first; the bindings below are still checked
         config_errors, notes, usable = check_component_config(cls, comp.config, f"{where}.config")
         given = (overrides or {}).get(comp.name, {})
-        errors.extend(placed + p.blamed(source, comp.name, given) for p in (*config_errors, *(notes if strict else ())))
+        refused = (*config_errors, *notes) if strict else config_errors
+        errors.extend(placed + p.blamed(source, comp.name, given) for p in refused)
         warnings.extend(p.blamed(source, comp.name, given) for p in (() if strict else notes))
         classes[comp.name] = cls
         configs[comp.name] = usable
