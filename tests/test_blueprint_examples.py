@@ -237,8 +237,6 @@ async def test_spec_blueprint_runs_to_its_end(name: str) -> None:
         await system.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="decided in issue 12, not yet done: a WebSocket component with no "
-                   "input binding serves until stopped (websocket.py / blueprint/runner.py)")
 async def test_websocket_without_input_serves_until_stopped() -> None:
     system = System.from_string(
         "system:\n  name: lone\n  components:\n    - {name: ws, type: WebSocket, config: {host: 127.0.0.1, port: 0}}\n")

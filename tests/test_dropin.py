@@ -28,6 +28,7 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 import fastws
 from fastws import WebSocketComponent
@@ -449,3 +450,22 @@ def test_the_quickstart_in_the_docs_runs() -> None:
         "report: {'broadcast_to': 1, 'disconnected': 0, 'message': 'market closed'}",
     ]
     assert lines[3:] == ['client got: {"price":1.5}', 'client got: {"price":1.6}', "client got: market closed"]
+
+
+async def test_without_an_input_it_serves_until_cleanup() -> None:
+    """No input stream bound: process() keeps the server up until cleanup(), then ends."""
+    comp = WebSocketComponent("lone", {"host": "127.0.0.1", "port": 0})
+    await comp.setup(None)
+    await comp.start()
+    task = asyncio.create_task(comp.process())
+    async with connect(f"ws://127.0.0.1:{comp.port}/") as ws:
+        await asyncio.sleep(0)  # let process() reach its wait
+        assert not task.done()
+        report = await comp.process_item({"hello": 1})  # other code may still broadcast
+        assert report["broadcast_to"] == 1
+        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == {"hello": 1}
+        await comp.cleanup()
+        await asyncio.wait_for(task, TIMEOUT)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert ws.close_code == 1001

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+import anyio
+
 from ._core import Client, encode_frame
 from .component import ComposedComponent
 from .config import SERVER_KEY_DOCS, ConfigRequirement, ServerConfig, config_requirements
@@ -81,6 +83,8 @@ class WebSocketComponent(ComposedComponent):
         #: Items that got an error report.
         self.broadcast_errors = 0
         self._disconnects_seen = 0
+        self._cleaned_up = False
+        self._stopped: anyio.Event | None = None  # made in process(), inside the event loop
         rate = self.settings.broadcast_rate_limit
         self._pacer = Pacer(rate) if rate is not None else None  # slows the input down, drops nothing
         self.max_batch = min(self.settings.max_batch, self._pacer.max_batch if self._pacer else self.settings.max_batch)
@@ -127,11 +131,15 @@ class WebSocketComponent(ComposedComponent):
     # -- lifecycle: the server runs from setup() (or start()) to cleanup() (or stop()) --------
 
     async def setup(self, harness_context: Any = None) -> None:
+        self._cleaned_up = False
         await self.server.start()
         await super().setup(harness_context)
 
     async def cleanup(self) -> None:
         """Stop the server: clients get CLOSE 1001 and the port is released. Safe twice."""
+        self._cleaned_up = True
+        if self._stopped is not None:
+            self._stopped.set()
         await self.server.stop()
         await super().cleanup()
 
@@ -205,6 +213,19 @@ class WebSocketComponent(ComposedComponent):
         Calls made in the same loop turn are written to each client together.
         """
         return self.broadcast(item)
+
+    async def process(self) -> None:
+        """Broadcast the first input until it ends. With no input bound, serve until
+        :meth:`cleanup` (or :meth:`stop`): clients can connect, and
+        :meth:`process_item` / :meth:`broadcast` called by other code reach them."""
+        if self.first_input() is not None:
+            return await super().process()
+        self._stopped = anyio.Event()
+        try:
+            if not self._cleaned_up:
+                await self._stopped.wait()
+        finally:
+            await self.close_outputs()
 
     async def process_batch(self, batch: list[Any]) -> None:
         if type(self).process_item is not WebSocketComponent.process_item:
