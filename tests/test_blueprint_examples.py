@@ -268,7 +268,7 @@ async def test_cli_run_subprocess_sigint() -> None:
             while port is None:
                 line = (await proc.stderr.readline()).decode()
                 assert line, "the server exited before listening"
-                if m := re.search(r"listening on [\d.]+:(\d+)", line):
+                if m := re.search(r"serving on ws://[\d.]+:(\d+)/", line):
                     port = int(m.group(1))
         async with connect(f"ws://127.0.0.1:{port}/") as ws:
             assert len(await receive_json(ws, 2)) == 2

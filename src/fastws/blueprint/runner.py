@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,8 @@ from fastws.blueprint.schema import (
     BindingSpec,
     BlueprintError,
     BlueprintFile,
+    ComponentError,
+    check_component_config,
     convert_blueprint,
     decode_blueprint,
     load_blueprint,
@@ -211,13 +213,21 @@ class _Plan:
     warnings: list[str]
 
 
-def _validate(bp: BlueprintFile, source: str, strict: bool = False) -> _Plan:
+def _validate(
+    bp: BlueprintFile,
+    source: str,
+    strict: bool = False,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> _Plan:
     """Check the blueprint against the component contract (:mod:`fastws.component`).
 
     Unknown config keys are warnings (``strict``: errors); everything else that is
-    wrong is an error. All errors are raised together in one :class:`BlueprintError`.
+    wrong is an error. All errors are raised together in one :class:`BlueprintError`:
+    every bad key of every component, and the bindings even where a config is bad. A problem
+    caused by ``overrides`` (``--set``) is blamed on the override, not on the file.
     """
-    errors: list[str] = []
+    errors: list[str] = []  # "where: why"; the source is put in front at the end
+    placed = "\0"  # marks an error that names its own origin (the source, or the override that caused it)
     warnings: list[str] = []
     spec = bp.system
     classes: dict[str, type[ComposedComponent]] = {}
@@ -242,16 +252,14 @@ def _validate(bp: BlueprintFile, source: str, strict: bool = False) -> _Plan:
         except ConfigError as exc:
             errors.append(str(exc))
             continue
-        try:
-            (errors if strict else warnings).extend(cls.validate_config(comp.config, f"{where}.config"))
-        except ConfigError as exc:
-            errors.append(str(exc))
-            continue
-        except (ValueError, TypeError) as exc:  # raised by a user component's own validate_config
-            errors.append(f"{where}.config: {exc}")
-            continue
+        # every bad key, not only the first; the bindings below are still checked
+        config_errors, notes, usable = check_component_config(cls, comp.config, f"{where}.config")
+        given = (overrides or {}).get(comp.name, {})
+        refused = (*config_errors, *notes) if strict else config_errors
+        errors.extend(placed + p.blamed(source, comp.name, given) for p in refused)
+        warnings.extend(p.blamed(source, comp.name, given) for p in (() if strict else notes))
         classes[comp.name] = cls
-        configs[comp.name] = comp.config
+        configs[comp.name] = usable
         types[comp.name] = comp.type
 
     edges: list[Edge] = []
@@ -304,8 +312,8 @@ def _validate(bp: BlueprintFile, source: str, strict: bool = False) -> _Plan:
             used.setdefault(tp, i)
             edges.append(Edge(fc, fp, tc, tp, buffer, i))
     if errors:
-        raise BlueprintError([f"{source}: {e}" for e in errors])
-    return _Plan(classes, configs, types, edges, [f"{source}: {w}" for w in warnings])
+        raise BlueprintError([e[1:] if e.startswith(placed) else f"{source}: {e}" for e in errors], warnings)
+    return _Plan(classes, configs, types, edges, warnings)
 
 
 def _no_port(field: str, comp: str, type_name: str, kind: str, port: str, ports: tuple[str, ...]) -> str:
@@ -358,7 +366,7 @@ class System:
     ) -> None:
         self.blueprint = _apply_overrides(blueprint, overrides)
         self.source = source
-        self._plan = _validate(self.blueprint, source, strict)
+        self._plan = _validate(self.blueprint, source, strict, overrides)
         #: Problems that do not stop the system (unknown config keys), one line each.
         self.warnings: list[str] = self._plan.warnings
         self.name = self.blueprint.system.name
@@ -415,9 +423,11 @@ class System:
         for comp in self.blueprint.system.components:
             cls = plan.classes[comp.name]
             try:
-                components[comp.name] = cls(comp.name, dict(plan.configs[comp.name]))
+                components[comp.name] = cls(comp.name, dict(comp.config))
             except ConfigError as exc:
                 raise BlueprintError(f"{self.source}: components[{self._index(comp.name)}]: {exc}") from None
+            except Exception as exc:
+                raise ComponentError(comp.name, comp.type, "__init__", exc) from exc
         receivers: dict[
             tuple[str, str], tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]
         ] = {}
@@ -486,8 +496,11 @@ class System:
             )
         self.build()
         try:
-            for comp in self.components.values():
-                await comp.start()
+            for name, comp in self.components.items():
+                try:
+                    await comp.start()
+                except Exception as exc:
+                    raise ComponentError(name, self._plan.types[name], "start()", exc) from exc
                 self._started.append(comp)
         except BaseException:
             await self._stop_components()
@@ -523,9 +536,16 @@ class System:
         self._close_streams()
         logger.info("system %r stopped", self.name)
 
-    async def run(self, *, handle_signals: bool = True) -> None:
-        """Start, run until processing is done (or SIGINT/SIGTERM), then stop."""
+    async def run(
+        self, *, handle_signals: bool = True, on_started: Callable[[System], None] | None = None
+    ) -> None:
+        """Start, run until processing is done (or SIGINT/SIGTERM), then stop.
+
+        ``on_started(system)`` is called once every component has started.
+        """
         await self.start()
+        if on_started is not None:
+            on_started(self)
         try:
             if handle_signals and threading.current_thread() is threading.main_thread():
                 async with anyio.create_task_group() as tg:
