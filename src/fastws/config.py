@@ -15,6 +15,7 @@ import msgspec
 
 from ._paths import MISSING, get_path
 from .exceptions import ConfigError
+from .optional import missing_extra
 
 __all__ = [
     "AuthConfig",
@@ -195,6 +196,9 @@ def _check_scaling(c: ServerConfig, bad: Any) -> None:
         raise bad("workers", "must be a positive integer or 'auto'", c.workers)
     if c.backplane is not None and c.backplane.partition("://")[0] not in ("redis", "rediss", "nats", "tls", "memory"):
         raise bad("backplane", "must be a redis://host:port/db, nats://host:port or memory://name URL", c.backplane)
+    missing = missing_extra(c.backplane)
+    if missing is not None:  # the same message at validate time and at run time
+        raise ConfigError(missing)
     if not c.backplane_channel or any(ch in c.backplane_channel for ch in " *>"):
         raise bad("backplane_channel", "must be a non-empty name without spaces, '*' or '>'", c.backplane_channel)
 

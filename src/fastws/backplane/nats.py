@@ -24,10 +24,11 @@ class NatsBackplane(Backplane):
     def __init__(self, url: str, channel: str = "fastws", **options: Any) -> None:
         try:
             import nats  # noqa: F401
-        except ImportError:
+        except ImportError as exc:
             from ..exceptions import ConfigError
+            from ..optional import missing_extra
 
-            raise ConfigError("backplane: nats:// needs the nats-py package (pip install nats-py)") from None
+            raise ConfigError(missing_extra(url) or f"backplane: {url} needs {exc}") from None
         super().__init__(url, channel, **options)
         self._nc: Any = None
         self._closed: asyncio.Event | None = None

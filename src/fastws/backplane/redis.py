@@ -19,10 +19,11 @@ class RedisBackplane(Backplane):
     def __init__(self, url: str, channel: str = "fastws", **options: Any) -> None:
         try:
             import redis.asyncio  # noqa: F401
-        except ImportError:
+        except ImportError as exc:
             from ..exceptions import ConfigError
+            from ..optional import missing_extra
 
-            raise ConfigError("backplane: redis:// needs the redis package (pip install redis)") from None
+            raise ConfigError(missing_extra(url) or f"backplane: {url} needs {exc}") from None
         super().__init__(url, channel, **options)
         self._pub: Any = None
         self._sub: Any = None
