@@ -11,6 +11,8 @@ import os
 import random
 import socket
 import struct
+import subprocess
+import urllib.request
 import zlib
 
 import pytest
@@ -397,3 +399,44 @@ async def test_bad_compressed_input_fails_the_connection(frames, code):
         for opcode, payload, fin, rsv in frames:
             raw.send_frame(opcode, payload, fin=fin, rsv=rsv)
         await expect_close(raw, code)
+
+
+# -- Chromium ----------------------------------------------------------------------------------
+
+from tests.test_browser import Child, browser, dom, free_port, page, wait_until  # noqa: E402, F401
+
+
+@pytest.mark.browser
+def test_chromium_negotiates_deflate_and_receives_compressed_broadcasts(page, tmp_path):  # noqa: F811
+    port = free_port()
+    child = Child(["serve", "--page", "--host", "127.0.0.1", "--port", str(port)], port,
+                  tmp_path / "serve.log", stdin=subprocess.PIPE)
+    try:
+        page.get(f"http://127.0.0.1:{port}/")
+        wait_until("the page to connect", lambda: dom(page)["state"] == "connected")
+        # a second socket of our own, to read what was negotiated and to send compressed messages
+        page.execute_script(f"""
+            window.got = []; window.closeCode = null;
+            window.sock = new WebSocket('ws://127.0.0.1:{port}/');
+            window.sock.onmessage = (e) => window.got.push(e.data);
+            window.sock.onclose = (e) => {{ window.closeCode = e.code; }};""")
+        wait_until("our socket to open", lambda: page.execute_script("return window.sock.readyState === 1"))
+        ext = page.execute_script("return window.sock.extensions")
+        assert ext.startswith("permessage-deflate") and "server_no_context_takeover" in ext
+        # Chromium compresses what it sends, keeping its context: several similar messages
+        page.execute_script("for (let i = 0; i < 5; i++) window.sock.send(JSON.stringify({i, pad: 'p'.repeat(3000)}));")
+        lines = [json.dumps(dashboard_item(i, 300 + 300 * i)) for i in range(5)] + ["short"]
+        assert child.proc.stdin is not None
+        child.proc.stdin.write(("\n".join(lines) + "\n").encode())
+        child.proc.stdin.flush()
+        got = wait_until("6 messages on our socket", lambda: (g := page.execute_script("return window.got"))
+                         and len(g) >= 6 and g)
+        assert got == lines
+        shown = wait_until("6 messages on the page", lambda: (d := dom(page))["count"] >= 6 and d)
+        assert shown["messages"][0] == "short"
+        assert page.execute_script("return window.closeCode") is None  # its compressed messages were accepted
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as r:
+            metrics = r.read().decode()
+        assert "fastws_received_messages_total 5" in metrics and "fastws_protocol_errors_total 0" in metrics
+    finally:
+        assert child.stop() == 0, (tmp_path / "serve.log").read_text()
