@@ -292,6 +292,28 @@ async def test_send_to_one_client_compresses_with_its_window():
         raw.close()
 
 
+async def test_worker_processes_compress_the_frames_they_get():
+    server = fastws.Server(host="127.0.0.1", port=0, workers=2, max_connections=100)
+    await server.start()
+    clients = []
+    try:
+        clients = [await connect(f"ws://127.0.0.1:{server.port}/", compression=c) for c in ("deflate", None) * 4]
+        await wait_for(lambda: server.connection_count == 8)
+        items = [dashboard_item(i, 1500) for i in range(20)]
+        for item in items:
+            server.broadcast(item)
+        expected = json.loads(json.dumps(items))
+        for ws in clients:
+            assert [json.loads(await recv(ws)) for _ in items] == expected
+        # the workers report their counters every 0.5 s; each compressed every message once
+        await wait_for(lambda: (d := server.stats().get("compression", {})).get("clients") == 4
+                       and d["messages_compressed"] >= 20)
+    finally:
+        for ws in clients:
+            await ws.close()
+        await server.stop()
+
+
 # -- inbound ----------------------------------------------------------------------------------
 
 
