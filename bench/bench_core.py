@@ -2,7 +2,7 @@
 
     python -m pytest bench/bench_core.py --benchmark-only -p no:cacheprovider
 
-Clients are in-memory aiofastnet transports (``fastws._core.NullTransport``) whose
+Clients are in-memory aiofastnet transports (``fastws._testing.CountingTransport``) whose
 C-level write only counts bytes, so
 the figures are the user-space cost of fastws alone (the kernel's send(2), 4-6 us
 per write on these machines, is what the fan-out benchmark measures).
@@ -17,7 +17,7 @@ import pytest
 
 import fastws
 from fastws import Hub
-from fastws._core import NullTransport
+from fastws._testing import CountingTransport, connect_many
 
 N = 1000
 MESSAGE = {"seq": 1, "ts": 1764140000000000000, "symbol": "ACME", "price": 101.25, "pad": "x" * 30}
@@ -33,9 +33,8 @@ def loop():
 @pytest.fixture
 def hub(loop):
     hub = Hub(loop)
-    transports = [NullTransport(loop) for _ in range(N)]
-    for t in transports:
-        hub._attach_transport(t)
+    transports = [CountingTransport(loop) for _ in range(N)]
+    connect_many(hub, transports)
     return hub, transports
 
 

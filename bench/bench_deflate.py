@@ -21,7 +21,6 @@ import gc
 import json
 import os
 import random
-import resource
 import select
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ import zlib
 from statistics import median
 from typing import Any
 
-from bench._common import REPO_ROOT, env_info, format_env, markdown_table, rss_kib
+from bench._util import REPO_ROOT, cpu_s, env_info, format_env, markdown_table, rss_kib, run_role
 
 IMPLS = {  # name: (server, client offer)
     "fastws deflate": ("fastws", "permessage-deflate; client_max_window_bits"),
@@ -142,15 +141,13 @@ async def _server(kind: str, n: int) -> None:
             _say(rss_kib=rss_kib())
         elif line[0] == "run":
             items = [dashboard_item(i) for i in range(int(line[1]))]
-            r = resource.getrusage(resource.RUSAGE_SELF)
-            t0 = r.ru_utime + r.ru_stime
+            t0 = cpu_s()
             for item in items:
                 publish(item)
                 await asyncio.sleep(0)
             _say(published=len(items))
         elif line[0] == "cpu":
-            r = resource.getrusage(resource.RUSAGE_SELF)
-            _say(cpu=r.ru_utime + r.ru_stime - t0)
+            _say(cpu=cpu_s() - t0)
 
 
 class _Conn(asyncio.Protocol):
@@ -292,14 +289,10 @@ def run(n: int, m: int, repeats: int) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_server":
-        import uvloop
-
-        uvloop.run(_server(sys.argv[2], int(sys.argv[3])))
+        run_role(_server(sys.argv[2], int(sys.argv[3])))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_client":
-        import uvloop
-
-        uvloop.run(_client(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])))
+        run_role(_client(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("what", choices=("compressors", "run"))

@@ -10,6 +10,10 @@ every burst size K, the server broadcasts M messages of 100 bytes of JSON
 received all M frames. The server reports its own CPU time (getrusage
 user+sys) and the busy time of its core (/proc/stat) over the phase.
 
+Implementations: fastws, websockets, picows, and the optional uWebSockets peers
+Bun and socketify (skipped with a message when absent). Roles: ``bench/_server.py``
+(+ ``bench/bun_server.js``) and ``bench/_client.py``; tables in ``bench/_fanout_report.py``.
+
 Run: ``python -m bench.bench_fanout [--quick] [--json out.json]``; see ``--help``
 and bench/README.md.
 """
@@ -24,35 +28,19 @@ import sys
 import time
 from typing import Any
 
-from bench._common import (
-    FRAME_LEN,
-    IMPLS,
-    Child,
-    ChildError,
-    env_info,
-    fastws_status,
-    format_env,
-    markdown_table,
-    median,
-    wait_count,
-)
+from bench import _peers
+from bench._child import Child, ChildError, run_phase, start_clients, wait_count
+from bench._fanout_report import fmt, render_table, render_targets, summarize
+from bench._util import FRAME_LEN, csv, csv_ints, env_info, format_env
 
 SERVER_CORE = 0
 CLIENT_CORE = 1
 
 
-def _csv_ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
-
-
-def _csv(s: str) -> list[str]:
-    return [x for x in s.split(",") if x]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.bench_fanout", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--clients", type=_csv_ints, default=[100, 1000, 5000], help="N values (default 100,1000,5000)"
+        "--clients", type=csv_ints, default=[100, 1000, 5000], help="N values (default 100,1000,5000)"
     )
     p.add_argument(
         "--messages",
@@ -63,8 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--deliveries", type=int, default=None, help="target N*M per phase (default 250000, quick 60000)"
     )
-    p.add_argument("--burst", type=_csv_ints, default=[1, 16], help="messages per loop turn (default 1,16)")
-    p.add_argument("--impl", type=_csv, default=list(IMPLS), help="fastws,websockets,picows")
+    p.add_argument("--burst", type=csv_ints, default=[1, 16], help="messages per loop turn (default 1,16)")
+    p.add_argument("--impl", type=csv, default=list(_peers.IMPLS),
+                   help="fastws,websockets,picows,bun,socketify (absent peers are skipped); also "
+                        "fastws-component (await WebSocketComponent.process_item per message)")
     p.add_argument(
         "--reps", type=int, default=None, help="interleaved repetitions (default 5, quick 2); medians"
     )
@@ -72,12 +62,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="~1-2 min: --reps 2 --deliveries 60000")
     p.add_argument("--json", metavar="PATH", help="write JSON lines (env, every phase, summary rows)")
     p.add_argument("--fastws-heartbeat", type=float, default=3600.0, help="fastws heartbeat_interval (s)")
+    _peers.add_peer_args(p)
     args = p.parse_args(argv)
     if args.reps is None:
         args.reps = 2 if args.quick else 5
     if args.deliveries is None:
         args.deliveries = 60_000 if args.quick else 250_000
-    bad = [i for i in args.impl if i not in IMPLS]
+    bad = [i for i in args.impl if i not in _peers.IMPLS + _peers.EXTRA_IMPLS]
     if bad:
         p.error(f"unknown impl {bad}")
     return args
@@ -97,41 +88,23 @@ class Pair:
     def __init__(self, impl: str, n: int, args: argparse.Namespace) -> None:
         self.impl = impl
         self.n = n
-        self.srv = Child(
-            f"{impl}-server",
-            [
-                "server",
-                "--impl",
-                impl,
-                "--mode",
-                "fanout",
-                "--core",
-                str(SERVER_CORE),
-                "--fastws-heartbeat",
-                str(args.fastws_heartbeat),
-            ],
-            core=SERVER_CORE,
-        )
-        self.port = self.srv.recv("ready", 30)["port"]
+        role = ["--mode", "fanout", "--core", str(SERVER_CORE), "--fastws-heartbeat", str(args.fastws_heartbeat)]
+        self.srv = Child(f"{impl}-server", _peers.server_argv(impl, role, args), core=SERVER_CORE)
         t0 = time.monotonic()
-        self.cli = Child(
-            f"{impl}-client",
-            ["client", "--port", str(self.port), "--clients", str(n), "--sample", str(args.sample)],
-            core=CLIENT_CORE,
-        )
-        c = self.cli.recv("connected", 60 + n / 50)
-        if c["n"] != n:
-            raise ChildError(f"{impl}: only {c['n']}/{n} connected: {c['errors']}")
+        try:
+            self.port = self.srv.recv("ready", 30)["port"]
+            self.cli = start_clients(f"{impl}-client", self.port, n, "--sample", str(args.sample),
+                                     core=CLIENT_CORE, timeout=60 + n / 50)
+        except ChildError:
+            self.srv.close()
+            raise
         wait_count(self.srv, n, 30)
         self.connect_s = time.monotonic() - t0
 
     def phase(self, m: int, burst: int) -> dict[str, Any]:
         n = self.n
         timeout = 20 + n * m / 10_000
-        self.cli.request("armed", 10, cmd="expect", messages=m, timeout=timeout)
-        sent = self.srv.request("sent", timeout + 10, cmd="run", messages=m, burst=burst)
-        done = self.cli.recv("done", timeout + 10)
-        cpu = self.srv.request("cpu", 10, cmd="stop")
+        sent, done, cpu = run_phase(self.srv, self.cli, m, burst, timeout)
         deliveries = n * m
         elapsed = (done["t_done"] - sent["t_start"]) / 1e9
         loop_s = (sent["t_loop_end"] - sent["t_start"]) / 1e9
@@ -183,135 +156,11 @@ class Pair:
         self.srv.close()
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def summarize(phases: list[dict[str, Any]], impls: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    keys = sorted({(p["n"], p["burst"]) for p in phases})
-    for n, burst in keys:
-        cell = {
-            i: [p for p in phases if p["impl"] == i and p["n"] == n and p["burst"] == burst and p["ok"]]
-            for i in impls
-        }
-        meds = {
-            i: {
-                k: median([p[k] for p in ps])
-                for k in (
-                    "rate",
-                    "cpu_us",
-                    "user_us",
-                    "sys_us",
-                    "core_us",
-                    "p50_us",
-                    "p99_us",
-                    "client_cpu_us",
-                )
-            }
-            for i, ps in cell.items()
-        }
-
-        def paired(i: str, ref: str, cell: dict[str, list[dict[str, Any]]] = cell) -> float | None:
-            # median over reps of the per-rep CPU ratio (reps are interleaved, so pairs share conditions)
-            a = {p["rep"]: p["cpu_us"] for p in cell.get(i, [])}
-            b = {p["rep"]: p["cpu_us"] for p in cell.get(ref, [])}
-            return median([a[r] / b[r] for r in a if r in b and b[r]])
-
-        for i in impls:
-            m = meds[i]
-            ps = cell[i]
-            failed = len(
-                [p for p in phases if p["impl"] == i and p["n"] == n and p["burst"] == burst and not p["ok"]]
-            )
-            row = {
-                "kind": "summary",
-                "impl": i,
-                "n": n,
-                "burst": burst,
-                "reps_ok": len(ps),
-                "reps_failed": failed,
-                **{f"median_{k}": v for k, v in m.items()},
-            }
-            for ref in ("websockets", "picows"):
-                if ref in meds and m["cpu_us"] and meds[ref]["cpu_us"]:
-                    row[f"cpu_vs_{ref}"] = m["cpu_us"] / meds[ref]["cpu_us"]
-                    row[f"cpu_vs_{ref}_paired"] = paired(i, ref)
-                if ref in meds and m["core_us"] and meds[ref]["core_us"]:
-                    row[f"core_vs_{ref}"] = m["core_us"] / meds[ref]["core_us"]
-            if ps:
-                row["cpu_us_range"] = [min(p["cpu_us"] for p in ps), max(p["cpu_us"] for p in ps)]
-                row["rate_range"] = [min(p["rate"] for p in ps), max(p["rate"] for p in ps)]
-            rows.append(row)
-    return rows
-
-
-def render_table(rows: list[dict[str, Any]]) -> str:
-    headers = [
-        "impl",
-        "N",
-        "burst",
-        "deliveries/s",
-        "server CPU µs/deliv (user/sys)",
-        "core0 µs/deliv",
-        "CPU ×websockets",
-        "CPU ×picows",
-        "p50 ms",
-        "p99 ms",
-        "reps",
-    ]
-    out = []
-    for r in rows:
-        out.append(
-            [
-                r["impl"],
-                str(r["n"]),
-                str(r["burst"]),
-                _fmt(r["median_rate"], ",.0f"),
-                f"{_fmt(r['median_cpu_us'], '.3f')} ({_fmt(r['median_user_us'], '.3f')}/{_fmt(r['median_sys_us'], '.3f')})",
-                _fmt(r["median_core_us"], ".3f"),
-                _fmt(r.get("cpu_vs_websockets"), ".3f"),
-                _fmt(r.get("cpu_vs_picows"), ".3f"),
-                _fmt(r["median_p50_us"] / 1000 if r["median_p50_us"] is not None else None, ".2f"),
-                _fmt(r["median_p99_us"] / 1000 if r["median_p99_us"] is not None else None, ".2f"),
-                f"{r['reps_ok']}" + (f" (+{r['reps_failed']} failed)" if r["reps_failed"] else ""),
-            ]
-        )
-    return markdown_table(headers, out)
-
-
-def render_targets(rows: list[dict[str, Any]]) -> str:
-    def get(n: int, burst: int, key: str) -> tuple[float | None, float | None]:
-        for r in rows:
-            if r["impl"] == "fastws" and r["n"] == n and r["burst"] == burst:
-                return r.get(key), r.get(key + "_paired")
-        return None, None
-
-    lines = ["Targets (server CPU per delivery, ratio of medians; paired = median of per-rep ratios):"]
-    checks = [
-        (1000, 1, "cpu_vs_websockets", 0.6, "fastws ≤ 0.6 × websockets.broadcast()"),
-        (1000, 1, "cpu_vs_picows", 1.05, "fastws ≤ 1.05 × naive picows loop"),
-        (1000, 16, "cpu_vs_websockets", 1 / 15, "fastws ≤ 1/15 × websockets (bursts of 16)"),
-    ]
-    for n, burst, key, limit, text in checks:
-        v, pv = get(n, burst, key)
-        if v is None:
-            lines.append(f"  N={n} burst={burst}: {text}: not measured")
-            continue
-        verdict = "PASS" if v <= limit else "FAIL"
-        lines.append(
-            f"  N={n} burst={burst}: {text}: {v:.3f} (paired {_fmt(pv, '.3f')}), limit {limit:.3f} → {verdict}"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env = env_info()
-    impls = list(args.impl)
-    if "fastws" in impls and (st := fastws_status()) != "ok":
-        print(f"fastws skipped: {st}", file=sys.stderr)
-        impls.remove("fastws")
+    impls = _peers.available(list(args.impl), args)
+    env.update(_peers.versions(impls, args))
     if (os.cpu_count() or 1) > CLIENT_CORE:
         os.sched_setaffinity(0, {CLIENT_CORE})  # keep the orchestrator off the server's core
     cmdline = "python -m bench.bench_fanout " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -370,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                             print(
                                 f"  N={n:5d} K={burst:2d} rep={rep} {impl:10s} {r['rate']:12,.0f}/s "
                                 f"cpu {r['cpu_us']:.3f} µs (u {r['user_us']:.3f} s {r['sys_us']:.3f}) "
-                                f"core {_fmt(r['core_us'], '.3f')} p50 {_fmt(r['p50_us'], '.0f')} µs "
-                                f"p99 {_fmt(r['p99_us'], '.0f')} µs client {r['client_cpu_us']:.3f} µs"
+                                f"core {fmt(r['core_us'], '.3f')} p50 {fmt(r['p50_us'], '.0f')} µs "
+                                f"p99 {fmt(r['p99_us'], '.0f')} µs client {r['client_cpu_us']:.3f} µs"
                                 + ("" if r["ok"] else f"  NOT OK {r}"),
                                 file=sys.stderr,
                             )

@@ -23,32 +23,20 @@ import sys
 import time
 from typing import Any
 
-from bench._common import (
-    IMPLS,
-    Child,
-    ChildError,
-    env_info,
-    fastws_status,
-    format_env,
-    markdown_table,
-    wait_count,
-)
+from bench import _peers
+from bench._child import Child, ChildError, python_role, run_phase, wait_count
+from bench._util import csv, csv_ints, env_info, format_env, markdown_table
 
 TARGET_KIB = 12.0
 
 
-def _csv_ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
-
-
-def measure(impl: str, ns: list[int], settle: float) -> dict[str, Any]:
-    srv = Child(f"{impl}-server", ["server", "--impl", impl, "--mode", "memory"], core=0)
+def measure(impl: str, ns: list[int], settle: float, args: argparse.Namespace) -> dict[str, Any]:
+    srv = Child(f"{impl}-server", _peers.server_argv(impl, ["--mode", "memory", "--core", "0"], args), core=0)
     cli: Child | None = None
     try:
         port = srv.recv("ready", 30)["port"]
-        cli = Child(
-            f"{impl}-client", ["client", "--port", str(port), "--clients", "0", "--sample", "-1"], core=1
-        )
+        cli_args = ["--port", str(port), "--clients", "0", "--sample", "-1"]
+        cli = Child(f"{impl}-client", python_role("bench._client", *cli_args), core=1)
         cli.recv("ready", 30)
         # warm-up: 20 connections opened and closed
         cli.request("connected", 60, cmd="connect", total=20)
@@ -71,10 +59,7 @@ def measure(impl: str, ns: list[int], settle: float) -> dict[str, Any]:
             res["marginal_kib"] = (res[f"rss_{b}_kib"] - res[f"rss_{a}_kib"]) / (b - a)
         # one 100-byte broadcast to everyone, then measure again
         n = ns[-1]
-        cli.request("armed", 10, cmd="expect", messages=1, timeout=60)
-        srv.request("sent", 60, cmd="run", messages=1, burst=1)
-        done = cli.recv("done", 70)
-        srv.request("cpu", 10, cmd="stop")
+        _, done, _ = run_phase(srv, cli, 1, 1, 60)
         res["broadcast_ok"] = done["ok"]
         rss = srv.request("mem", settle + 30, cmd="mem", settle=settle)["rss_kib"]
         res["per_conn_after_broadcast_kib"] = (rss - base) / n
@@ -89,35 +74,36 @@ def measure(impl: str, ns: list[int], settle: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_memory", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--clients", type=_csv_ints, default=[1000, 5000], help="N values, ascending (default 1000,5000)"
+        "--clients", type=csv_ints, default=[1000, 5000], help="N values, ascending (default 1000,5000)"
     )
-    p.add_argument("--impl", type=lambda s: [x for x in s.split(",") if x], default=list(IMPLS))
+    p.add_argument("--impl", type=csv, default=list(_peers.IMPLS),
+                   help="fastws,websockets,picows,bun,socketify (absent peers are skipped)")
     p.add_argument(
         "--settle", type=float, default=None, help="seconds after gc before sampling (default 3, quick 1)"
     )
     p.add_argument("--quick", action="store_true", help="settle 1 s")
     p.add_argument("--json", metavar="PATH", help="write JSON lines")
+    _peers.add_peer_args(p)
     args = p.parse_args(argv)
     settle = args.settle if args.settle is not None else (1.0 if args.quick else 3.0)
     ns = sorted(args.clients)
     env = env_info()
-    impls = list(args.impl)
-    if "fastws" in impls and (st := fastws_status()) != "ok":
-        print(f"fastws skipped: {st}", file=sys.stderr)
-        impls.remove("fastws")
+    impls = _peers.available(list(args.impl), args)
+    env.update(_peers.versions(impls, args))
     cmdline = "python -m bench.bench_memory " + " ".join(argv if argv is not None else sys.argv[1:])
     print(format_env(env))
     print(f"command: {cmdline}")
     print(
         "settings: fastws ServerConfig(host, port=0, max_connections=10000) (other fields default); "
         "websockets serve(handler, backlog=4096) (defaults); picows ws_create_server(factory, backlog=4096) "
-        "(defaults)"
+        "(defaults); bun Bun.serve (defaults, every client subscribed to one topic); socketify App().ws "
+        "(defaults, compression off)"
     )
     records: list[dict[str, Any]] = [{"kind": "env", "command": cmdline, **env}]
     t0 = time.monotonic()
     for impl in impls:
         try:
-            r = measure(impl, ns, settle)
+            r = measure(impl, ns, settle, args)
         except ChildError as exc:
             print(f"{impl}: FAILED: {exc}", file=sys.stderr)
             r = {"kind": "memory", "impl": impl, "error": str(exc)}

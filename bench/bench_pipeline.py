@@ -2,7 +2,7 @@
 
 One server (this process, uvloop, pinned to core 0) runs a blueprint system
 ``src (Source) -> shape (Transformer, set: {t: 1}) -> ws (WebSocket)``; one
-load-generator process (``bench._common client``, pinned to core 1) opens N
+load-generator process (``bench._client``, pinned to core 1) opens N
 connections to it. Then, repetitions interleaved, each phase delivers M
 messages of 100 bytes of JSON to every client, either
 
@@ -25,13 +25,13 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from bench._common import PAYLOAD_LEN, Child, env_info, format_env, markdown_table, median
+from bench._child import Child, python_role
+from bench._util import PAYLOAD_LEN, cpu_s, env_info, format_env, make_message, markdown_table, median
 from fastws.blueprint import System
 from fastws.components import Source, register_component
 
@@ -42,9 +42,7 @@ _T_FIELD_LEN = len(',"t":1')  # what the Transformer adds to each item
 
 def source_message(seq: int) -> dict[str, Any]:
     """``{"seq", "ts", "pad"}`` sized so that, with ``"t": 1`` added, it encodes to PAYLOAD_LEN bytes."""
-    ts = time.time_ns()
-    pad = PAYLOAD_LEN - 23 - _T_FIELD_LEN - len(str(seq)) - len(str(ts))
-    return {"seq": seq, "ts": ts, "pad": "x" * pad}
+    return make_message(seq, extra=_T_FIELD_LEN)
 
 
 class BenchSource(Source):
@@ -95,11 +93,6 @@ def blueprint(clients: int) -> dict[str, Any]:
     }
 
 
-def cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     register_component("BenchSource", BenchSource)
     system = System.from_dict(blueprint(args.clients))
@@ -118,7 +111,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     server = ws.server
     client = Child(
         "client",
-        ["client", "--port", str(system.port("ws")), "--clients", str(args.clients), "--sample", "16"],
+        python_role("bench._client", "--port", str(system.port("ws")), "--clients", str(args.clients)),
         core=CLIENT_CORE,
     )
     phases: list[dict[str, Any]] = []

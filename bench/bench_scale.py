@@ -1,8 +1,8 @@
 """Scaling benchmark: 1 worker against 2 workers at N clients, and the latency of a backplane hop.
 
-**Workers.** A server process (``python -m bench.bench_scale _server --workers W``: a
+**Workers.** A server process (``python -m bench._server --impl fastws --workers W``: a
 ``fastws.Server(workers=W)``; with W > 1 that process is the parent and the clients are
-served by W worker processes) and the load generator of ``bench/_common.py`` (N raw
+served by W worker processes) and the load generator ``bench/_client.py`` (N raw
 connections, 16 of them parse every frame, check ``seq`` and record the latency from
 the ``ts`` in each message) run side by side, *not* pinned: with 2 workers the server
 needs both cores, and so does the load generator. For every phase the server
@@ -34,93 +34,34 @@ import sys
 import time
 from typing import Any
 
-from bench._common import (
+from bench._child import Child, ChildError, python_role, start_clients, wait_count
+from bench._util import (
     FRAME_LEN,
-    Child,
     env_info,
     format_env,
-    make_message,
+    machine_busy,
     markdown_table,
     median,
     percentile,
-    wait_count,
+    proc_cpu_s,
 )
 
 HZ = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu_s(pids: list[int]) -> float:
-    """user+system CPU seconds of these processes (from /proc/<pid>/stat)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / HZ
-
-
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]
-    return sum(v) - idle, sum(v)
-
-
-# --------------------------------------------------------------------------- server role
-async def _server_main(workers: int) -> None:
-    import fastws  # noqa: PLC0415
-    from bench._common import emit, raise_nofile, stdin_commands  # noqa: PLC0415
-
-    raise_nofile()
-    server = fastws.Server(host="127.0.0.1", port=0, workers=workers, max_connections=20000,
-                           heartbeat_interval=3600.0)
-    await server.start()
-    pids = [os.getpid()] + ([p for p in server.workers.pids if p] if server.workers is not None else [])
-    emit(event="ready", port=server.port, pids=pids)
-    seq = 0
-    async for cmd in stdin_commands():
-        c = cmd["cmd"]
-        if c == "count":
-            emit(event="count", count=server.connection_count)
-        elif c == "stats":
-            await asyncio.sleep(0.7)  # workers report every 0.5 s
-            s = server.stats()
-            emit(event="stats", flushes=s.get("flushes", 0), deliveries=s.get("deliveries", 0))
-        elif c == "run":
-            m, burst, rate = int(cmd["messages"]), int(cmd["burst"]), float(cmd.get("rate") or 0)
-            tick = burst / rate if rate else 0.0
-            t0 = time.monotonic_ns()
-            start = time.monotonic()
-            sent = ticks = 0
-            while sent < m:
-                for _ in range(min(burst, m - sent)):
-                    server.broadcast(make_message(seq))
-                    seq += 1
-                    sent += 1
-                ticks += 1
-                delay = start + ticks * tick - time.monotonic() if tick else 0.0
-                await asyncio.sleep(max(delay, 0.0))
-            emit(event="sent", t_start=t0, t_loop_end=time.monotonic_ns())
-        elif c == "quit":
-            await server.stop()
-            emit(event="bye")
-            return
-
-
+# --------------------------------------------------------------------------- workers
 def run_workers(n: int, workers: int, messages: int, burst: int, reps: int, rate: float = 0.0) -> list[dict[str, Any]]:
-    srv = _child_self(f"server-w{workers}", ["_server", "--workers", str(workers)])
+    role = ["--impl", "fastws", "--workers", str(workers), "--max-connections", "20000"]
+    srv = Child(f"server-w{workers}", python_role("bench._server", *role))
     ready = srv.recv("ready", 60)
     port, pids = ready["port"], ready["pids"]
-    cli = Child("client", ["client", "--port", str(port), "--clients", str(n), "--sample", "16",
-                           "--concurrency", "200"])
+    try:
+        cli = start_clients("client", port, n, "--sample", "16", "--concurrency", "200", timeout=180)
+    except ChildError:
+        srv.close()
+        raise
     results = []
     try:
-        conn = cli.recv("connected", 180)
-        assert conn["n"] == n, conn
         wait_count(srv, n, 60)
         for rep in range(reps):
             cli.request("armed", 10, cmd="expect", messages=messages, timeout=120)
@@ -155,25 +96,6 @@ def run_workers(n: int, workers: int, messages: int, burst: int, reps: int, rate
         cli.close()
         srv.close()
     return results
-
-
-def _child_self(name: str, args: list[str]) -> Child:
-    """A Child running this module (bench._common's Child runs ``-m bench._common``)."""
-    c = Child.__new__(Child)
-    import queue
-    import threading
-
-    from bench._common import REPO_ROOT
-
-    c.name = name
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    c.proc = subprocess.Popen([sys.executable, "-m", "bench.bench_scale", *args], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, cwd=REPO_ROOT, env=env, text=True, bufsize=1)
-    c._q = queue.Queue()
-    c._t = threading.Thread(target=c._reader, daemon=True)
-    c._t.start()
-    return c
 
 
 # --------------------------------------------------------------------------- backplane hop
@@ -250,15 +172,6 @@ async def _hop(broker_url: str, messages: int, rate: float) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_server":
-        import uvloop  # noqa: PLC0415
-
-        p = argparse.ArgumentParser()
-        p.add_argument("role")
-        p.add_argument("--workers", type=int, default=1)
-        a = p.parse_args()
-        uvloop.run(_server_main(a.workers))
-        return 0
     p = argparse.ArgumentParser(prog="python -m bench.bench_scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=5000)
     p.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")

@@ -31,8 +31,10 @@ STYLE = {
     "fastws": {"color": "#1f5fd6", "marker": "o", "label": "fastws"},
     "websockets": {"color": "#d1495b", "marker": "s", "label": "websockets (broadcast())"},
     "picows": {"color": "#5a9a3c", "marker": "^", "label": "picows (naive loop)"},
+    "bun": {"color": "#e08a1e", "marker": "D", "label": "Bun (uWebSockets, publish)"},
+    "socketify": {"color": "#8e6cc0", "marker": "v", "label": "socketify (uWebSockets, publish)"},
 }
-OTHER_COLOURS = ["#8e6cc0", "#e08a1e", "#4a4a4a", "#1b998b"]
+OTHER_COLOURS = ["#4a4a4a", "#1b998b"]
 
 
 def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -170,7 +172,7 @@ def markdown(rows: list[dict[str, Any]], out: Path) -> str:
     images = (f'<img src="{rel}/fanout_cpu.png" width="49%" alt="server CPU per delivery against N"> '
               f'<img src="{rel}/fanout_rate.png" width="49%" alt="deliveries per second against N">')
     try:
-        from bench.bench_fanout import render_table
+        from bench._fanout_report import render_table
     except ImportError:  # run from elsewhere than the repository root
         return images
     have = all(k in r for r in rows for k in ("median_user_us", "median_sys_us", "median_core_us", "median_p50_us",

@@ -24,21 +24,18 @@ import asyncio
 import ctypes
 import gc
 import json
-import os
-import resource
-import struct
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from bench._child import python_role
+from bench._util import REPO_ROOT, cpu_s, raise_nofile, rss_kib
+
 PAD = "x" * 60
 
 
 def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return rss_kib() * 1024
 
 
 def trim() -> None:
@@ -47,175 +44,6 @@ def trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def raise_nofile(need: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def emit(**msg: Any) -> None:
-    print(json.dumps(msg), flush=True)
-
-
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-# == client process ===========================================================================
-
-PONG = b"\x8a\x80\x00\x00\x00\x00"  # masked PONG, empty payload, zero mask
-CLOSE = b"\x88\x82\x00\x00\x00\x00\x03\xe8"  # masked CLOSE 1000
-
-
-class Conn(asyncio.Protocol):
-    __slots__ = ("owner", "transport", "buf", "upgraded", "expect", "gaps", "ended", "pings", "closed_early")
-
-    def __init__(self, owner: Clients) -> None:
-        self.owner = owner
-        self.buf = bytearray()
-        self.upgraded = False
-        self.expect = -1  # next seq; -1 until the first message
-        self.gaps = 0
-        self.ended = False
-        self.pings = 0
-        self.closed_early = False
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ended:
-            self.closed_early = True
-            self.owner.lost += 1
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        if not self.upgraded:
-            i = buf.find(b"\r\n\r\n")
-            if i < 0:
-                return
-            if b" 101 " not in buf[:i]:
-                self.owner.refused += 1
-                self.transport.close()
-                return
-            del buf[: i + 4]
-            self.upgraded = True
-            self.owner.upgraded += 1
-        pos, n = 0, len(buf)
-        while n - pos >= 2:
-            b0, ln = buf[pos], buf[pos + 1] & 0x7F
-            h = 2
-            if ln == 126:
-                if n - pos < 4:
-                    break
-                ln = (buf[pos + 2] << 8) | buf[pos + 3]
-                h = 4
-            elif ln == 127:
-                if n - pos < 10:
-                    break
-                ln = struct.unpack_from("!Q", buf, pos + 2)[0]
-                h = 10
-            if n - pos < h + ln:
-                break
-            op = b0 & 0x0F
-            start = pos + h
-            pos = start + ln
-            if op == 0x1:
-                self._message(buf, start, pos)
-            elif op == 0x9:
-                self.pings += 1
-                self.transport.write(PONG)
-            elif op == 0x8:
-                self.ended = True
-                self.transport.close()
-        if pos:
-            del buf[:pos]
-
-    def _message(self, buf: bytearray, start: int, end: int) -> None:
-        owner = self.owner
-        if buf[start] != 0x7B:  # not JSON: "END"
-            self.ended = True
-            owner.ended += 1
-            if owner.ended == len(owner.conns):
-                owner.all_ended.set()
-            return
-        # {"seq":123,"ts":1700000000000000000,"pad":"..."}
-        comma = buf.index(b",", start)
-        seq = int(buf[start + 7:comma])
-        if self.expect >= 0 and seq != self.expect:
-            self.gaps += 1
-        self.expect = seq + 1
-        owner.received += 1
-        if owner.sample and self is owner.conns[0]:
-            ts_end = buf.index(b",", comma + 1)
-            owner.latencies.append((time.time_ns() - int(buf[comma + 6:ts_end])) / 1e6)
-
-
-class Clients:
-    def __init__(self, n: int) -> None:
-        self.conns: list[Conn] = []
-        self.n = n
-        self.upgraded = self.refused = self.lost = self.ended = self.received = 0
-        self.all_ended = asyncio.Event()
-        self.sample = True
-        self.latencies: list[float] = []
-
-
-async def client_main(args: argparse.Namespace) -> None:
-    loop = asyncio.get_running_loop()
-    owner = Clients(args.n)
-    t0 = time.monotonic()
-    batch = 200
-    for i in range(0, args.n, batch):  # connect in bounded batches, so the accept queue never overflows
-        k = min(batch, args.n - i)
-        results = await asyncio.gather(*(
-            loop.create_connection(lambda: Conn(owner), "127.0.0.1", args.port, local_addr=(args.source, 0))
-            for _ in range(k)), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-            owner.conns.append(r[1])
-        async with asyncio.timeout(30):
-            while owner.upgraded + owner.refused < len(owner.conns):
-                await asyncio.sleep(0.005)
-    emit(ready=owner.upgraded, refused=owner.refused, connect_s=time.monotonic() - t0)
-    c0 = cpu()
-    # wait for "END" on every connection (the parent bounds the run; this is the backstop)
-    try:
-        async with asyncio.timeout(args.deadline):
-            await owner.all_ended.wait()
-    except TimeoutError:
-        pass
-    # a short grace period for closes in flight, then report
-    missed = [c for c in owner.conns if c.gaps or not c.ended]
-    lat = sorted(owner.latencies)
-    emit(
-        report=True, source=args.source, connections=len(owner.conns), upgraded=owner.upgraded,
-        ended=owner.ended, received=owner.received, lost_early=owner.lost,
-        conns_with_gaps=sum(1 for c in owner.conns if c.gaps), conns_without_end=sum(1 for c in owner.conns if not c.ended),
-        missed_conns=len(missed), first_seq_min=min((c.expect for c in owner.conns), default=-1),
-        pings=sum(c.pings for c in owner.conns), cpu_s=cpu() - c0,
-        latency_ms={"p50": _pct(lat, 50), "p99": _pct(lat, 99), "max": lat[-1] if lat else None, "n": len(lat)},
-        received_per_conn=sorted({c.expect for c in owner.conns}),
-    )
-    for c in owner.conns:
-        if not c.transport.is_closing():
-            c.transport.write(CLOSE)
-            c.transport.close()
-    await asyncio.sleep(0.5)
-
-
-def _pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    return values[min(len(values) - 1, int(len(values) * p / 100))]
 
 
 # == server (this process) =====================================================================
@@ -238,7 +66,7 @@ async def server_main(args: argparse.Namespace) -> int:
     import fastws
 
     n = args.connections
-    limit = raise_nofile(n + 1000)
+    limit = raise_nofile()
     if limit < n + 200:
         sys.exit(f"soak: RLIMIT_NOFILE is {limit}; {n} connections need about {n + 200}")
     server = fastws.Server(host="127.0.0.1", port=0, max_connections=n + 100, backlog=4096,
@@ -256,10 +84,10 @@ async def server_main(args: argparse.Namespace) -> int:
     deadline = args.seconds + 120
     procs = []
     for i, k in enumerate(share):
-        p = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.soak", "--role", "client", "--port", str(server.port), "--n", str(k),
-            "--source", f"127.0.0.{i + 2}", "--deadline", str(deadline), cwd=REPO,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24)
+        argv = python_role("bench._soak_client", "--port", str(server.port), "--n", str(k),
+                           "--source", f"127.0.0.{i + 2}", "--deadline", str(deadline))
+        p = await asyncio.create_subprocess_exec(*argv, cwd=REPO_ROOT, stdin=asyncio.subprocess.PIPE,
+                                                 stdout=asyncio.subprocess.PIPE, limit=1 << 24)
         procs.append(ClientProc(p))
     t0 = time.monotonic()
     try:
@@ -276,7 +104,7 @@ async def server_main(args: argparse.Namespace) -> int:
               f"({(rss_conn - rss0) / n / 1024:.2f} KiB per connection)", file=sys.stderr, flush=True)
 
         # -- broadcast
-        s0, c0, t_start = server.stats(), cpu(), time.monotonic()
+        s0, c0, t_start = server.stats(), cpu_s(), time.monotonic()
         interval = args.per_tick / args.rate
         seq, next_t, last_print = 0, t_start, t_start
         total = int(args.rate * args.seconds)
@@ -293,7 +121,7 @@ async def server_main(args: argparse.Namespace) -> int:
                 st = server.stats()
                 print(f"soak: t={now - t_start:5.0f}s seq={seq} connections={st['connections']} "
                       f"heartbeat_timeouts={st['heartbeat_timeouts']} rss={rss() / 2**20:.0f} MiB "
-                      f"cpu={100 * (cpu() - c0) / (now - t_start):.0f}%", file=sys.stderr, flush=True)
+                      f"cpu={100 * (cpu_s() - c0) / (now - t_start):.0f}%", file=sys.stderr, flush=True)
             if now - t_start > args.seconds + 60:
                 raise TimeoutError("the broadcast phase overran by a minute")
         broadcast_s = time.monotonic() - t_start
@@ -301,7 +129,7 @@ async def server_main(args: argparse.Namespace) -> int:
         async with asyncio.timeout(60):  # let the backlog drain before the CPU reading
             while any(c.write_buffer_size() for c in server.clients):
                 await asyncio.sleep(0.05)
-        c1, s1 = cpu(), server.stats()
+        c1, s1 = cpu_s(), server.stats()
         rss_end = rss()
         server.broadcast("END")
         reports = [await p.read(timeout=120) for p in procs]
@@ -368,18 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=4, help="client processes (one source address each)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval and timeout, seconds")
     p.add_argument("--json", help="append the result as one JSON line to this file")
-    p.add_argument("--role", choices=("client",), help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--source", help=argparse.SUPPRESS)
-    p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     import uvloop
 
-    if args.role == "client":
-        raise_nofile(args.n + 100)
-        uvloop.run(client_main(args))
-        return 0
     if not 0 < args.seconds <= 900:
         p.error("--seconds must be in (0, 900]")
     if not 1 <= args.procs <= 200:

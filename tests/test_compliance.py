@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from fastws.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    encode_client_frame,
+)
+from fastws.frames import read_frame as read_server_frame
 from tests.utils import RawClient
 
 _spec = importlib.util.spec_from_file_location(
@@ -27,28 +36,10 @@ assert _spec is not None and _spec.loader is not None
 echo_server_module = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(echo_server_module)
 
-TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
-
-
-def frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, mask: bool = True,
-          length_form: int | None = None) -> bytes:
-    """One client frame as bytes; ``length_form`` (126/127) forces a non-minimal length encoding."""
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    mbit = 0x80 if mask else 0
-    form = length_form or (n if n < 126 else 126 if n < 65536 else 127)
-    if form < 126:
-        head += bytes([mbit | n])
-    elif form == 126:
-        head += bytes([mbit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([mbit | 127]) + struct.pack("!Q", n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    k = int.from_bytes(key * ((n + 3) // 4 or 1), "big") >> (8 * ((-n) % 4)) if n else 0
-    masked = (int.from_bytes(payload, "big") ^ k).to_bytes(n, "big") if n else b""
-    return head + key + masked
+TEXT, BINARY, CONT, CLOSE, PING, PONG = OP_TEXT, OP_BINARY, OP_CONT, OP_CLOSE, OP_PING, OP_PONG
+#: One client frame as bytes (masked unless ``mask=False``; ``length_form`` 126/127 forces a
+#: non-minimal length encoding).
+frame = encode_client_frame
 
 
 def close_payload(code: int, reason: bytes = b"") -> bytes:
@@ -57,16 +48,10 @@ def close_payload(code: int, reason: bytes = b"") -> bytes:
 
 async def read_frame(c: RawClient) -> tuple[int, bool, int, bytes]:
     """(opcode, fin, rsv, payload) of the next server frame; checks it is unmasked and minimally encoded."""
-    b0, b1 = await c._fill(2)
-    assert not b1 & 0x80, "server frames must not be masked"
-    n = b1 & 0x7F
-    if n == 126:
-        (n,) = struct.unpack("!H", await c._fill(2))
-        assert n >= 126, "non-minimal 16-bit length"
-    elif n == 127:
-        (n,) = struct.unpack("!Q", await c._fill(8))
-        assert n >= 65536, "non-minimal 64-bit length"
-    return b0 & 0x0F, bool(b0 & 0x80), (b0 >> 4) & 0x7, await c._fill(n)
+    header, payload = await read_server_frame(c._fill)
+    assert not header.masked, "server frames must not be masked"
+    assert header.minimal, f"non-minimal length encoding of {header.length} bytes"
+    return header.opcode, header.fin, header.rsv, payload
 
 
 async def expect(c: RawClient, opcode: int, payload: bytes) -> None:

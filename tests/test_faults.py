@@ -15,6 +15,7 @@ import struct
 import pytest
 from websockets.asyncio.client import connect
 
+from fastws.frames import OP_CLOSE, encode_client_frame
 from tests.utils import TIMEOUT, RawClient, raw_http, running_server, upgrade_request, url, wait_for
 
 
@@ -343,9 +344,7 @@ async def _cycle(port: int, i: int) -> None:
         assert data.startswith(b"HTTP/1.1 101 ")
         kind = i % 3
         if kind == 0:  # closing handshake
-            mask = os.urandom(4)
-            payload = bytes(b ^ mask[j % 4] for j, b in enumerate(struct.pack("!H", 1000)))
-            await loop.sock_sendall(sock, b"\x88\x82" + mask + payload)
+            await loop.sock_sendall(sock, encode_client_frame(OP_CLOSE, struct.pack("!H", 1000)))
             while await loop.sock_recv(sock, 65536):
                 pass
         elif kind == 1:  # reset

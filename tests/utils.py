@@ -7,11 +7,11 @@ import base64
 import contextlib
 import os
 import socket
-import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
 import fastws
+from fastws.frames import encode_client_frame, read_frame
 
 #: Every wait in the tests is bounded by a multiple of this (scaled for slow machines).
 TIMEOUT = 5.0 * float(os.environ.get("FASTWS_TESTS_TIMEOUT_FACTOR", "1"))
@@ -97,29 +97,11 @@ class RawClient:
 
     async def read_frame(self) -> tuple[int, bytes]:
         async with asyncio.timeout(TIMEOUT):
-            b0, b1 = await self._fill(2)
-            n = b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", await self._fill(2))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", await self._fill(8))
-            return b0 & 0x0F, await self._fill(n)
+            header, payload = await read_frame(self._fill)
+        return header.opcode, payload
 
     def send_frame(self, opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, mask: bool = True) -> None:
-        head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-        n = len(payload)
-        mbit = 0x80 if mask else 0
-        if n < 126:
-            head += bytes([mbit | n])
-        elif n < 65536:
-            head += bytes([mbit | 126]) + struct.pack("!H", n)
-        else:
-            head += bytes([mbit | 127]) + struct.pack("!Q", n)
-        if mask:
-            key = os.urandom(4)
-            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-            head += key
-        self.sock.sendall(head + payload)
+        self.sock.sendall(encode_client_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask))
 
     async def closed(self) -> bool:
         """True once the server has closed the TCP connection (EOF or reset)."""

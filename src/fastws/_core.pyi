@@ -1,17 +1,22 @@
-# Hand-written stub of what Python may use from fastws._core (kept in step with _core.pyx).
+# Hand-written stub of fastws._core (kept in step with _core.pyx; tests/test_core.py
+# checks that the names here and in the compiled module agree).
 from asyncio import AbstractEventLoop
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
+from picows import WSListener, WSTransport
 
 from ._deflate import Deflater
 
-def monotonic() -> float: ...
-def encode_frame(item: Any, encoder: msgspec.json.Encoder | None = None) -> bytes: ...
+def encode_frame(
+    item: Any,
+    fallback: Callable[[Any], bytes] | None = None,
+    count_nonfinite: Callable[[Any], Any] | None = None,
+    max_size: int = -1,
+) -> bytes: ...
 
-class Client:
-    transport: Any
+class Client(WSListener):
+    transport: WSTransport | None
     dropped: int
     connected_at: float
     last_seen: float
@@ -34,6 +39,7 @@ class Hub:
     on_disconnect: Callable[[Client], Any] | None
     max_queued_bytes: int
     max_message_size: int
+    fragment_timeout: float
     last_sent: int
     last_disconnected: int
     messages: int
@@ -46,6 +52,8 @@ class Hub:
     encode_errors: int
     messages_in: int
     protocol_errors: int
+    pongs_skipped: int
+    nonfinite_numbers: int
     msg_rate: float
     msg_burst: float
     deflater: Deflater | None  # permessage-deflate
@@ -59,6 +67,9 @@ class Hub:
         on_message: Callable[[Client, str | bytes], Any] | None = None,
         on_connect: Callable[[Client], Any] | None = None,
         on_disconnect: Callable[[Client], Any] | None = None,
+        fragment_timeout: float = 10.0,
+        encode_fallback: Callable[[Any], bytes] | None = None,
+        count_nonfinite: Callable[[Any], int] | None = None,
     ) -> None: ...
     def new_client(self, reject: bool = False) -> Client: ...
     def enable_deflate(self, level: int = 6, min_size: int = 128) -> None: ...
@@ -67,16 +78,9 @@ class Hub:
     def __len__(self) -> int: ...
     def publish(self, item: Any) -> int: ...
     def publish_frame(self, frame: bytes) -> int: ...
-    def encode_frame(self, item: Any) -> bytes: ...
     def flush(self) -> int: ...
     def ping_all(self) -> float: ...
     def reap(self, since: float) -> int: ...
     def close_all(self, code: int = 1001, reason: str = "server shutting down") -> int: ...
     def abort_all(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
-
-class NullTransport:
-    written: int
-    writes: int
-    def __init__(self, loop: AbstractEventLoop) -> None: ...
-    def write(self, data: bytes) -> None: ...

@@ -4,7 +4,8 @@
 # buffer, and write that one buffer to every connected client once per loop
 # turn, through aiofastnet's C-level ``Transport.write_c`` (a direct send(2)).
 #
-# Python sees three names: ``Hub``, ``Client`` and ``encode_frame``.
+# Python sees three names: ``Hub``, ``Client`` and ``encode_frame``. Test and
+# benchmark transports live in ``fastws._testing``, never imported from here.
 
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -15,7 +16,6 @@ from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from aiofastnet.transport cimport Transport
-from aiofastnet.utils cimport NoResult
 from picows.picows cimport MemoryBuffer, WSCloseCode, WSCloseHandshake, WSFrame, WSListener, WSMsgType, WSTransport
 
 import logging
@@ -23,6 +23,9 @@ import logging
 import msgspec
 
 from .exceptions import EncodeError
+
+cdef extern from "<string.h>":
+    void* memmem(const void*, size_t, const void*, size_t) nogil
 
 from ._deflate cimport Deflater, Inflater  # permessage-deflate (RFC 7692)
 
@@ -59,10 +62,17 @@ cdef:
         R_RATE_LIMITED = 7        # closed 1008 "rate limit exceeded"
         R_HEARTBEAT = 8           # no answer to a ping in time
         R_SLOW_CLIENT = 9         # backlog over max_queued_bytes (disconnect policy)
-        R_COUNT = 10
+        R_FRAGMENT_TIMEOUT = 10   # a fragmented message left unfinished past fragment_timeout (1008)
+        R_COUNT = 11
     tuple DISCONNECT_REASONS = ("other", "client_close", "connection_lost", "server_close", "protocol_error",
                                 "message_too_big", "policy_violation", "rate_limited", "heartbeat_timeout",
-                                "slow_client")
+                                "slow_client", "fragment_timeout")
+
+    # How Client._shut ends the TCP connection after its CLOSE frame (if any)
+    enum:
+        KEEP_OPEN = 0             # wait for the peer's CLOSE (closing handshake)
+        DISCONNECT = 1            # close once the queued bytes are written
+        DROP_NOW = 2              # abort: drop what is queued
     bytes PING_FRAME = b"\x89\x00"
 
 
@@ -70,11 +80,6 @@ cdef inline double _now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-def monotonic():
-    """The clock the heartbeat uses (CLOCK_MONOTONIC, as ``time.monotonic``)."""
-    return _now()
 
 
 cdef inline Py_ssize_t _write_header(uint8_t* p, uint8_t opcode, uint64_t n) noexcept:
@@ -93,6 +98,12 @@ cdef inline Py_ssize_t _write_header(uint8_t* p, uint8_t opcode, uint64_t n) noe
     for i in range(8):
         p[2 + i] = <uint8_t>(n >> (56 - 8 * i))
     return 10
+
+
+cdef inline Py_ssize_t _header_size(bytes frame) noexcept:
+    """Header size of an unmasked frame made by ``_write_header`` (at least 2 bytes long)."""
+    cdef uint8_t n = (<const uint8_t*>PyBytes_AS_STRING(frame))[1] & 0x7F
+    return 2 if n < 126 else (4 if n == 126 else 10)
 
 
 cdef inline bint _is_ascii(const char* p, Py_ssize_t n) noexcept:
@@ -123,15 +134,27 @@ cdef inline int _reason_for_code(int code) noexcept:
     return R_PROTOCOL_ERROR
 
 
-cdef int _reason_from_close(WSTransport transport):
-    """Why a connection that fastws did not close went away."""
-    cdef WSCloseHandshake hs = transport.close_handshake
-    if hs is not None and hs.sent is not None and (hs.recv is None or not hs.recv_then_sent):
-        # picows' frame parser refused a frame: it sent CLOSE (1002 or 1009) and disconnected
-        return _reason_for_code(<int>hs.sent.code)
-    if hs is not None and hs.recv is not None:
-        return R_CLIENT_CLOSE
-    return R_CONNECTION_LOST
+cdef bytes _fallback_payload(item, exc, fallback):
+    """``fallback(item)`` (the JSON payload as bytes) after msgspec raised ``exc``; else EncodeError."""
+    if fallback is not None:
+        try:
+            payload = fallback(item)
+        except Exception as fallback_exc:
+            exc = fallback_exc
+        else:
+            if isinstance(payload, bytes):
+                return <bytes>payload
+            exc = TypeError(f"encode_fallback returned {type(payload).__name__}, not bytes")
+    raise EncodeError(f"cannot serialize {type(item).__name__} to JSON: {exc}")
+
+
+cdef object _oversized(Py_ssize_t n, Py_ssize_t cap):
+    return EncodeError(f"item is {n} bytes as JSON/UTF-8, larger than max_queued_bytes ({cap}): "
+                       "no client could take it without being cut as slow; raise max_queued_bytes to send it")
+
+
+cdef inline object _unencodable_str(exc):
+    return EncodeError(f"cannot send str as UTF-8 text: {exc}")
 
 
 cdef class Client(WSListener):
@@ -160,6 +183,7 @@ cdef class Client(WSListener):
         bint _frag_open
         bytearray _frag_buf
         bytes _utf8_tail
+        double _frag_at                # when the open fragmented message started
         # inbound rate limit: a token bucket, on when Hub.msg_rate > 0
         double _tokens
         double _tokens_at
@@ -198,9 +222,19 @@ cdef class Client(WSListener):
         self._hub._on_connected(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
-        if self._why == R_OTHER:
-            self._why = _reason_from_close(transport)
+        cdef WSCloseHandshake hs = transport.close_handshake
+        if self._why == R_OTHER:  # fastws did not close it: find out why it went away
+            if hs is not None and hs.sent is not None and (hs.recv is None or not hs.recv_then_sent):
+                # picows' frame parser refused a frame (unmasked, reserved opcode, bad control
+                # frame, bad length, bad CLOSE payload): it sent CLOSE 1002/1007/1009 itself
+                self._why = _reason_for_code(<int>hs.sent.code)
+                self._hub.protocol_errors += 1
+            elif hs is not None and hs.recv is not None:
+                self._why = R_CLIENT_CLOSE
+            else:
+                self._why = R_CONNECTION_LOST
         self._state = S_CLOSED
+        self._drop_fragments()
         self._hub._on_disconnected(self)
 
     cpdef pause_writing(self):
@@ -221,6 +255,9 @@ cdef class Client(WSListener):
             if frame.msg_type == WSMsgType.CLOSE:
                 transport.disconnect()
             return
+        if self._frag_open and self.last_seen - self._frag_at > self._hub.fragment_timeout:
+            self._fragment_expired(self.last_seen)
+            return
         if (frame.rsv1 or frame.rsv2 or frame.rsv3 or self._frag_compressed) and self._deflate_frame(frame):
             return  # permessage-deflate: a compressed message (or a protocol error, 1002)
         cdef WSMsgType t = frame.msg_type
@@ -229,8 +266,7 @@ cdef class Client(WSListener):
                 self.fail(1002, "new data frame inside a fragmented message")
                 return
             if self._hub.msg_rate > 0 and not self._take_token():
-                self._why = R_RATE_LIMITED
-                self.fail(1008, "rate limit exceeded")
+                self._fail(R_RATE_LIMITED, 1008, "rate limit exceeded")
                 return
             if frame.fin:
                 if frame.payload_size > self._hub.max_message_size:
@@ -245,6 +281,7 @@ cdef class Client(WSListener):
                 self._hub._on_message(self, t, frame.payload_ptr, frame.payload_size)
                 return
             self._frag_open = True
+            self._frag_at = self.last_seen
             self._frag_type = t
             self._frag_buf = bytearray()
             self._utf8_tail = b""
@@ -255,7 +292,12 @@ cdef class Client(WSListener):
                 return
             self._fragment(frame)
         elif t == WSMsgType.PING:
-            transport.send_pong(frame.get_payload_as_bytes())
+            if self._over_cap:
+                # It is not reading: a PONG would only grow its backlog (a PING flood
+                # would grow it without bound under the drop policy). Skip and count.
+                self._hub.pongs_skipped += 1
+            else:
+                transport.send_pong(frame.get_payload_as_bytes())
         elif t == WSMsgType.CLOSE:
             self._on_close_frame(frame)
         # PONG: last_seen is all the heartbeat needs
@@ -280,9 +322,7 @@ cdef class Client(WSListener):
                 self._utf8_tail = b"" if frame.fin else chunk[used:]
         if frame.fin:
             buf = self._frag_buf
-            self._frag_open = False
-            self._frag_buf = None
-            self._utf8_tail = None
+            self._drop_fragments()
             self._hub._on_message(self, self._frag_type, PyByteArray_AS_STRING(buf), PyByteArray_GET_SIZE(buf))
 
     cdef _on_close_frame(self, WSFrame frame):
@@ -292,11 +332,7 @@ cdef class Client(WSListener):
             if not _close_code_allowed(code):
                 self.fail(1002, "invalid close code %d" % code)
                 return
-        self._state = S_CLOSING
-        if self._why == R_OTHER:
-            self._why = R_CLIENT_CLOSE
-        self.transport.send_close(<WSCloseCode>code)
-        self.transport.disconnect()
+        self._shut(R_CLIENT_CLOSE, code, None, DISCONNECT)
 
     cdef inline bint _take_token(self) noexcept:
         """Token bucket: refill at Hub.msg_rate per second up to Hub.msg_burst, take one."""
@@ -310,6 +346,49 @@ cdef class Client(WSListener):
             return False
         self._tokens = tokens - 1.0
         return True
+
+    cdef inline _drop_fragments(self):
+        self._frag_open = False
+        self._frag_buf = None
+        self._utf8_tail = None
+
+    cdef _fragment_expired(self, double now):
+        cdef double age = now - self._frag_at
+        _logger.warning("closing %s: a fragmented message stayed unfinished for %.1fs (fragment_timeout %gs)",
+                        self.remote, age, self._hub.fragment_timeout)
+        self._fail(R_FRAGMENT_TIMEOUT, 1008, "message not finished within fragment_timeout")
+
+    cdef bint _shut(self, int why, int code, bytes reason, int how) except -1:
+        """Close with a reason, once: the one way fastws ends a connection.
+
+        Marks the client closing (the fan-out skips it, the next flush forgets it),
+        records ``why`` (the first cause wins), frees an unfinished message, sends CLOSE
+        ``code`` (none when 0) and ends the TCP connection as ``how`` says. Returns False
+        when it was not open.
+        """
+        if self._state != S_OPEN:
+            return False
+        self._state = S_CLOSING
+        if self._why == R_OTHER:
+            self._why = why
+        if self._frag_open:
+            self._drop_fragments()
+        cdef WSTransport t = self.transport
+        if t is None:  # never connected: nothing to send or drop
+            return True
+        if code:
+            t.send_close(<WSCloseCode>code, reason)
+        if how == DISCONNECT:
+            t.disconnect()
+        elif how == DROP_NOW:
+            t.disconnect(False)
+        return True
+
+    cdef _fail(self, int why, int code, str reason):
+        if self._shut(why, code, reason.encode(), DISCONNECT):
+            self._hub.protocol_errors += 1
+            if self._hub._debug:
+                _logger.debug("closing %s: %d %s", self.remote, code, reason)
 
     # -- permessage-deflate (RFC 7692), inbound -------------------------------------------
 
@@ -342,8 +421,7 @@ cdef class Client(WSListener):
             self.fail(1002, "new data frame inside a fragmented message")
             return True
         if self._hub.msg_rate > 0 and not self._take_token():
-            self._why = R_RATE_LIMITED
-            self.fail(1008, "rate limit exceeded")
+            self._fail(R_RATE_LIMITED, 1008, "rate limit exceeded")
             return True
         cdef Inflater inf = self._inflater
         if inf is None:
@@ -355,6 +433,7 @@ cdef class Client(WSListener):
         if self._client_nct:
             inf.reset()
         self._frag_open = True
+        self._frag_at = self.last_seen
         self._frag_type = t
         self._frag_compressed = True
         self._frag_buf = bytearray()
@@ -404,34 +483,19 @@ cdef class Client(WSListener):
 
     cpdef fail(self, int code, str reason):
         """Close the connection with ``code`` and ``reason`` (a protocol or policy error)."""
-        if self._state != S_OPEN:
-            return
-        self._state = S_CLOSING
-        if self._why == R_OTHER:
-            self._why = _reason_for_code(code)
-        self._hub.protocol_errors += 1
-        if self._hub._debug:
-            _logger.debug("closing %s: %d %s", self.remote, code, reason)
-        self.transport.send_close(<WSCloseCode>code, reason.encode())
-        self.transport.disconnect()
+        self._fail(_reason_for_code(code), code, reason)
 
     cpdef close(self, int code=1000, str reason=""):
         """Start the closing handshake; the client's CLOSE reply (or a timeout) ends it."""
-        if self._state != S_OPEN:
-            return
-        self._state = S_CLOSING
-        if self._why == R_OTHER:
-            self._why = R_SERVER_CLOSE
-        self.transport.send_close(<WSCloseCode>code, reason.encode())
+        self._shut(R_SERVER_CLOSE, code, reason.encode(), KEEP_OPEN)
 
     cpdef abort(self):
         """Drop the TCP connection now, without a closing handshake."""
-        if self._state == S_CLOSED:
+        if self._shut(R_SERVER_CLOSE, 0, None, DROP_NOW):
             return
-        self._state = S_CLOSING
-        if self._why == R_OTHER:
-            self._why = R_SERVER_CLOSE
-        self.transport.disconnect(False)
+        if self._state == S_CLOSING and self.transport is not None:
+            # closing already (e.g. waiting for the CLOSE reply): stop waiting
+            self.transport.disconnect(False)
 
     def send(self, message):
         """Send one message to this client only (``str`` as text, bytes-like as binary)."""
@@ -465,6 +529,13 @@ cdef class Hub:
     client; clients that are closing are skipped and removed; a client whose
     unsent backlog passes ``max_queued_bytes`` is disconnected, or, with the
     ``drop`` policy, skipped until its backlog drains, each skipped message counted.
+    An item whose JSON is larger than ``max_queued_bytes`` is refused at publish
+    (``EncodeError``): no client could take it without passing the cap.
+
+    Encoding: ``isinstance(item, str)`` goes out verbatim (UTF-8); anything else as
+    msgspec JSON, then ``encode_fallback(item) -> bytes`` if msgspec refuses it. When
+    ``count_nonfinite`` is set and a payload contains ``null``, ``count_nonfinite(item)``
+    is added to ``nonfinite_numbers``. Every refused item is counted in ``encode_errors``.
     """
 
     cdef:
@@ -481,6 +552,8 @@ cdef class Hub:
         list _over_cap
         object _flush_cb
         object _on_message_cb
+        object _encode_fallback
+        object _count_nonfinite
         readonly object on_connect
         readonly object on_disconnect
         Py_ssize_t _n_dropping
@@ -488,6 +561,9 @@ cdef class Hub:
         int _policy
         public Py_ssize_t max_queued_bytes
         public Py_ssize_t max_message_size
+        # a fragmented message open longer than this is closed (1008); checked on each
+        # frame of that client and on each heartbeat round (ping_all)
+        public double fragment_timeout
         # last flush
         readonly Py_ssize_t last_sent
         readonly Py_ssize_t last_disconnected
@@ -502,6 +578,8 @@ cdef class Hub:
         readonly unsigned long long encode_errors
         readonly unsigned long long messages_in
         public unsigned long long protocol_errors
+        readonly unsigned long long pongs_skipped      # PINGs not answered: client over its cap
+        readonly unsigned long long nonfinite_numbers  # sum of count_nonfinite(item)
         # per-client inbound rate limit (messages/s, 0 = off) and bucket size
         public double msg_rate
         public double msg_burst
@@ -521,9 +599,15 @@ cdef class Hub:
         PyMem_Free(self._tick)
 
     def __init__(self, loop, *, Py_ssize_t max_queued_bytes=1 << 20, str slow_client_policy="disconnect",
-                 Py_ssize_t max_message_size=1 << 20, on_message=None, on_connect=None, on_disconnect=None):
+                 Py_ssize_t max_message_size=1 << 20, on_message=None, on_connect=None, on_disconnect=None,
+                 double fragment_timeout=10.0, encode_fallback=None, count_nonfinite=None):
         if slow_client_policy not in ("disconnect", "drop"):
             raise ValueError(f"slow_client_policy must be 'disconnect' or 'drop', got {slow_client_policy!r}")
+        if not fragment_timeout > 0:
+            raise ValueError(f"fragment_timeout must be a positive number of seconds, got {fragment_timeout!r}")
+        self.fragment_timeout = fragment_timeout
+        self._encode_fallback = encode_fallback
+        self._count_nonfinite = count_nonfinite
         self._loop = loop
         self._encoder = msgspec.json.Encoder()
         self._flush_cb = self.flush
@@ -546,9 +630,7 @@ cdef class Hub:
 
     cdef _on_connected(self, Client c):
         if c._reject:
-            c._state = S_CLOSING
-            c.transport.send_close(WSCloseCode.POLICY_VIOLATION, b"Max connections reached")
-            c.transport.disconnect()
+            c._shut(R_POLICY, 1008, b"Max connections reached", DISCONNECT)
             return
         # A backlog above the cap fires pause_writing(); below a quarter of it, resume_writing().
         c._raw.set_write_buffer_limits(self.max_queued_bytes, self.max_queued_bytes // 4)
@@ -564,10 +646,14 @@ cdef class Hub:
             c._dropping = False
             self._n_dropping -= 1
         if c._index >= 0:
-            self._remove(c)
-            self._disconnects[c._why] += 1
-            if self.on_disconnect is not None:
-                self.on_disconnect(c)
+            self._forget(c)
+
+    cdef _forget(self, Client c):
+        """Forget a client: out of the registry, its reason counted, ``on_disconnect`` told."""
+        self._remove(c)
+        self._disconnects[c._why] += 1
+        if self.on_disconnect is not None:
+            self.on_disconnect(c)
 
     cdef inline _remove(self, Client c):
         cdef list clients = self._clients
@@ -593,19 +679,6 @@ cdef class Hub:
         """permessage-deflate: each message is also compressed once for the clients that
         negotiate it (``Client._use_deflate``), while at least one is connected."""
         self.deflater = Deflater(level, min_size)
-
-    def _attach_transport(self, raw):
-        """Register an aiofastnet transport without a WebSocket handshake.
-
-        For micro-benchmarks and tests of the fan-out alone (``bench/bench_core.py``):
-        the client has no picows transport, so only broadcasts reach it.
-        """
-        cdef Client c = Client()
-        c._hub = self
-        c._raw = <Transport?>raw
-        c._index = len(self._clients)
-        self._clients.append(c)
-        return c
 
     @property
     def clients(self):
@@ -643,12 +716,9 @@ cdef class Hub:
                                 c.remote, c._raw.get_write_buffer_size())
                 self.slow_disconnects += 1
                 n += 1
-                c._why = R_SLOW_CLIENT
-                c.abort()
-                self._remove(c)
-                self._disconnects[R_SLOW_CLIENT] += 1
-                if self.on_disconnect is not None:
-                    self.on_disconnect(c)
+                c._shut(R_SLOW_CLIENT, 0, None, DROP_NOW)
+                if c._index >= 0:
+                    self._forget(c)
         return n
 
     # -- encoding ------------------------------------------------------------------
@@ -688,17 +758,45 @@ cdef class Hub:
     cdef int _encode_append(self, item) except -1:
         cdef Py_ssize_t n
         cdef const char* p
-        if type(item) is str:
-            p = PyUnicode_AsUTF8AndSize(item, &n)
-            self._append(p, n, 0x1)
-            return 0
-        try:
-            self._encoder.encode_into(item, self._scratch, 0)
-        except Exception as exc:
-            self.encode_errors += 1
-            raise EncodeError(f"cannot serialize {type(item).__name__} to JSON: {exc}") from None
-        self._append(PyByteArray_AS_STRING(self._scratch), PyByteArray_GET_SIZE(self._scratch), 0x1)
+        cdef bytes payload
+        cdef bint nulls = False
+        if isinstance(item, str):  # str subclasses too, as json-free text
+            try:
+                p = PyUnicode_AsUTF8AndSize(item, &n)
+            except UnicodeEncodeError as exc:  # a lone surrogate
+                self.encode_errors += 1
+                raise _unencodable_str(exc) from None
+        else:
+            try:
+                self._encoder.encode_into(item, self._scratch, 0)
+                p = PyByteArray_AS_STRING(self._scratch)
+                n = PyByteArray_GET_SIZE(self._scratch)
+            except Exception as exc:
+                try:
+                    payload = _fallback_payload(item, exc, self._encode_fallback)
+                except EncodeError:
+                    self.encode_errors += 1
+                    raise
+                p = PyBytes_AS_STRING(payload)
+                n = PyBytes_GET_SIZE(payload)
+            # NaN/±Infinity went out as null: let count_nonfinite say how many (JSON only)
+            nulls = self._count_nonfinite is not None and memmem(p, n, b"null", 4) != NULL
+        if n > self.max_queued_bytes:
+            self._refuse_oversized(n)
+        self._append(p, n, 0x1)
+        if nulls:  # after the copy: the callback is Python code
+            self._add_nonfinite(item)
         return 0
+
+    cdef int _refuse_oversized(self, Py_ssize_t n) except -1:
+        self.encode_errors += 1
+        raise _oversized(n, self.max_queued_bytes)
+
+    cdef _add_nonfinite(self, item):
+        try:
+            self.nonfinite_numbers += self._count_nonfinite(item)
+        except Exception:
+            _logger.exception("count_nonfinite failed for a %s item", type(item).__name__)
 
     cpdef Py_ssize_t publish(self, item) except -1:
         """Queue ``item`` for every client; return how many clients it is queued to.
@@ -711,8 +809,19 @@ cdef class Hub:
         return len(self._clients) - self._n_dropping
 
     cpdef Py_ssize_t publish_frame(self, bytes frame) except -1:
-        """Queue a complete frame made by ``encode_frame`` (e.g. received from a backplane)."""
+        """Queue a complete frame made by ``encode_frame`` (e.g. received from a backplane).
+
+        A frame whose payload is larger than ``max_queued_bytes`` is skipped, counted in
+        ``encode_errors`` and logged, and 0 is returned: it is not raised, since frames
+        come from backplane and worker callbacks that must go on with the next frame.
+        (``encode_frame(item, max_size=...)`` refuses such an item at its publisher.)
+        """
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+        if n > self.max_queued_bytes and n - _header_size(frame) > self.max_queued_bytes:
+            self.encode_errors += 1
+            _logger.warning("skipped a broadcast frame of %d bytes: larger than max_queued_bytes (%d)",
+                            n, self.max_queued_bytes)
+            return 0
         self._reserve(n)
         memcpy(self._tick + self._tick_len, PyBytes_AS_STRING(frame), n)
         self._tick_len += n
@@ -720,10 +829,6 @@ cdef class Hub:
             self.deflater.add_frames(PyBytes_AS_STRING(frame), n)  # permessage-deflate
         self._queued()
         return len(self._clients) - self._n_dropping
-
-    def encode_frame(self, item):
-        """The complete text frame ``publish(item)`` would send, as bytes."""
-        return encode_frame(item, self._encoder)
 
     # -- fan-out -------------------------------------------------------------------
 
@@ -756,12 +861,9 @@ cdef class Hub:
                 c = <Client>clients[i]
                 if c._state != S_OPEN:
                     # closing (heartbeat timeout, close handshake, error): skip and forget
-                    self._remove(c)
                     self.closed_skipped += 1
-                    self._disconnects[c._why] += 1
                     gone += 1
-                    if self.on_disconnect is not None:
-                        self.on_disconnect(c)
+                    self._forget(c)
                     continue
                 i += 1
                 if c._dropping:
@@ -815,12 +917,19 @@ cdef class Hub:
     # -- heartbeat -----------------------------------------------------------------
 
     def ping_all(self):
-        """Send a PING to every open client; return the time the round started."""
+        """Send a PING to every open client; return the time the round started.
+
+        The same round closes (1008) clients whose fragmented message has been open
+        longer than ``fragment_timeout``, so no timer per client is needed.
+        """
         cdef double now = _now()
         cdef Client c
         cdef const char* p = PyBytes_AS_STRING(PING_FRAME)
         for c in self._clients:
             if c._state == S_OPEN:
+                if c._frag_open and now - c._frag_at > self.fragment_timeout:
+                    c._fragment_expired(now)
+                    continue
                 c._raw.write_c(p, 2)
         return now
 
@@ -835,10 +944,7 @@ cdef class Hub:
             if c._state == S_OPEN and c.last_seen < since:
                 dead.append(c)
         for c in dead:
-            c._state = S_CLOSING
-            c._why = R_HEARTBEAT
-            c.transport.send_close(WSCloseCode.GOING_AWAY, b"heartbeat timeout")
-            c.transport.disconnect(False)
+            c._shut(R_HEARTBEAT, 1001, b"heartbeat timeout", DROP_NOW)
         return len(dead)
 
     def close_all(self, int code=1001, str reason="server shutting down"):
@@ -847,12 +953,7 @@ cdef class Hub:
         cdef Py_ssize_t n = 0
         cdef bytes r = reason.encode()
         for c in list(self._clients):
-            if c._state == S_OPEN:
-                c._state = S_CLOSING
-                if c._why == R_OTHER:
-                    c._why = R_SERVER_CLOSE
-                c.transport.send_close(<WSCloseCode>code, r)
-                n += 1
+            n += c._shut(R_SERVER_CLOSE, code, r, KEEP_OPEN)
         return n
 
     def abort_all(self):
@@ -874,27 +975,44 @@ cdef class Hub:
             "encode_errors": self.encode_errors,
             "messages_in": self.messages_in,
             "protocol_errors": self.protocol_errors,
+            "pongs_skipped": self.pongs_skipped,
+            "nonfinite_numbers": self.nonfinite_numbers,
             "disconnect_reasons": {DISCONNECT_REASONS[i]: self._disconnects[i] for i in range(R_COUNT)},
         }
 
 
-def encode_frame(item, encoder=None):
-    """Serialize ``item`` as fastws does (``str`` verbatim, else msgspec JSON) and frame it.
+cdef object _json_encoder = msgspec.json.Encoder()
 
-    Returns the complete unmasked text frame as ``bytes``.
+
+def encode_frame(item, fallback=None, count_nonfinite=None, Py_ssize_t max_size=-1):
+    """Serialize ``item`` as ``Hub.publish`` does and frame it; return the text frame as bytes.
+
+    ``isinstance(item, str)`` goes out verbatim, anything else as msgspec JSON, then
+    ``fallback(item) -> bytes`` if msgspec refuses it; ``EncodeError`` if both fail or
+    the str is not valid UTF-8 (a lone surrogate). When ``count_nonfinite`` is set and
+    the payload contains ``null``, it is called with ``item`` (it does its own counting;
+    ``Hub`` adds the result to ``nonfinite_numbers``). ``max_size`` >= 0: ``EncodeError``
+    for a payload longer than that (pass ``max_queued_bytes``, as ``Hub.publish`` does).
     """
     cdef Py_ssize_t n
     cdef const char* p
     cdef bytes payload
-    if type(item) is str:
-        p = PyUnicode_AsUTF8AndSize(item, &n)
+    if isinstance(item, str):
+        try:
+            p = PyUnicode_AsUTF8AndSize(item, &n)
+        except UnicodeEncodeError as exc:
+            raise _unencodable_str(exc) from None
     else:
         try:
-            payload = (encoder or msgspec.json).encode(item)
+            payload = _json_encoder.encode(item)
         except Exception as exc:
-            raise EncodeError(f"cannot serialize {type(item).__name__} to JSON: {exc}") from None
+            payload = _fallback_payload(item, exc, fallback)
         p = PyBytes_AS_STRING(payload)
         n = PyBytes_GET_SIZE(payload)
+        if count_nonfinite is not None and memmem(p, n, b"null", 4) != NULL:
+            count_nonfinite(item)
+    if 0 <= max_size < n:
+        raise _oversized(n, max_size)
     cdef uint8_t header[10]
     cdef Py_ssize_t h = _write_header(header, 0x1, n)
     cdef bytes frame = PyBytes_FromStringAndSize(NULL, h + n)
@@ -902,22 +1020,3 @@ def encode_frame(item, encoder=None):
     memcpy(out, header, h)
     memcpy(out + h, p, n)
     return frame
-
-
-cdef class NullTransport(Transport):
-    """An in-memory transport whose C-level write only counts bytes.
-
-    For micro-benchmarks of the fan-out without the kernel (``bench/bench_core.py``).
-    """
-
-    cdef readonly Py_ssize_t written
-    cdef readonly Py_ssize_t writes
-
-    cdef NoResult write_c(self, char* ptr, Py_ssize_t sz) except NoResult.EXC:
-        self.written += sz
-        self.writes += 1
-        return NoResult.OK
-
-    def write(self, data):
-        self.written += len(data)
-        self.writes += 1

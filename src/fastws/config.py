@@ -89,6 +89,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     reuse_port: bool = False  # SO_REUSEPORT on the listening socket (set for each worker)
     backplane: str | None = None  # "redis://host:port/db" or "nats://host:port": fan out across nodes
     backplane_channel: str = "fastws"  # Redis channel / NATS subject shared by the nodes
+    # issue 14.15 (core): seconds a fragmented message may stay unfinished; past it: CLOSE 1008
+    fragment_timeout: float = 10.0
     # permessage-deflate (issue 11; docs/reference.md "Compression")
     compression: Literal["deflate", "off"] = "deflate"  # negotiate permessage-deflate with clients that offer it
     compression_level: int = 6  # zlib level 1-9 (each message is compressed once for all clients)

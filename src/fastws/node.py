@@ -122,6 +122,7 @@ class LocalNode:
             max_queued_bytes=c.max_queued_bytes,
             slow_client_policy=c.slow_client_policy,
             max_message_size=c.max_message_size,
+            fragment_timeout=c.fragment_timeout,
             on_message=self._callbacks.on_message,
             on_connect=self._client_connected,
             on_disconnect=self._client_disconnected,

@@ -40,9 +40,9 @@ from typing import Any, Protocol
 
 import msgspec
 
-from .backplane import split_frames
 from .config import ServerConfig
 from .exceptions import ServerError
+from .frames import split_frames
 
 __all__ = ["WorkerPool", "ConnectionSlots", "WorkerServer", "resolve_workers", "worker_main"]
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import ConfigError
+from ..frames import split_frames
 
 __all__ = ["Backplane", "create_backplane", "split_frames"]
 
@@ -44,40 +45,6 @@ HEADER_LEN = len(MAGIC) + 1 + 16
 
 #: Counters each node shares with the others (from ``Server.stats()``).
 SHARED_STATS = ("connections", "messages", "deliveries", "bytes_out", "dropped", "slow_disconnects")
-
-
-def split_frames(data: bytes, pos: int = 0) -> tuple[list[bytes], int]:
-    """Cut ``data[pos:]`` into complete server (unmasked) WebSocket frames.
-
-    Returns the frames and the offset of the first byte not consumed (an incomplete
-    frame at the end stays for the caller). Raises ``ValueError`` on a byte stream
-    that is not a sequence of unmasked FIN data frames.
-    """
-    out = []
-    n = len(data)
-    while pos + 2 <= n:
-        b0 = data[pos]
-        b1 = data[pos + 1]
-        if b0 not in (0x81, 0x82) or b1 & 0x80:
-            raise ValueError(f"not a fastws frame at offset {pos}: {data[pos:pos + 2]!r}")
-        size = b1
-        h = 2
-        if size == 126:
-            if pos + 4 > n:
-                break
-            size = int.from_bytes(data[pos + 2:pos + 4], "big")
-            h = 4
-        elif size == 127:
-            if pos + 10 > n:
-                break
-            size = int.from_bytes(data[pos + 2:pos + 10], "big")
-            h = 10
-        end = pos + h + size
-        if end > n:
-            break
-        out.append(data[pos:end])
-        pos = end
-    return out, pos
 
 
 class Backplane:

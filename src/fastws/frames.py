@@ -1,0 +1,203 @@
+"""WebSocket frames (RFC 6455 section 5.2): encode and parse, side by side.
+
+* :func:`encode_frame` is the core's: serialize one item once and frame it as one
+  unmasked FIN TEXT frame, exactly as the server writes it to every client.
+* :func:`encode_client_frame` builds any frame a client may send (masked by default),
+  including the malformed ones tests need (no mask, non-minimal lengths, RSV bits).
+* :func:`parse_header` reads one frame header from a buffer without copying;
+  :func:`read_frames` cuts a buffer into complete frames (unmasking client frames);
+  :func:`split_frames` cuts a stream of the server's own data frames (backplane,
+  workers); :func:`read_frame` reads one frame from an async byte source.
+
+Everything here but ``encode_frame`` is plain Python for the cold paths (backplane
+relay, tests, the benchmarks' load generator); the hot path is in ``_core``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
+
+from ._core import encode_frame
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "Frame",
+    "FrameHeader",
+    "encode_client_frame",
+    "encode_frame",
+    "mask_payload",
+    "parse_header",
+    "read_frame",
+    "read_frames",
+    "split_frames",
+]
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+Buffer = bytes | bytearray | memoryview
+
+
+class FrameHeader(NamedTuple):
+    """One frame header. ``size`` counts every header byte (mask key included)."""
+
+    fin: bool
+    rsv: int
+    opcode: int
+    masked: bool
+    length: int
+    size: int
+
+    @property
+    def minimal(self) -> bool:
+        """True if the payload length uses the shortest encoding (RFC 6455 requires it)."""
+        form = self.size - (4 if self.masked else 0)
+        return form == 2 or (form == 4 and self.length >= 126) or (form == 10 and self.length > 0xFFFF)
+
+
+class Frame(NamedTuple):
+    """One complete frame; ``payload`` is unmasked."""
+
+    opcode: int
+    fin: bool
+    rsv: int
+    payload: bytes
+
+
+def parse_header(data: Buffer, pos: int = 0) -> FrameHeader | None:
+    """The header of the frame at ``data[pos:]``, or None while fewer bytes than the header has arrived.
+
+    Only the header needs to be there; the caller checks ``pos + size + length``
+    against what it holds before it reads the payload.
+    """
+    avail = len(data) - pos
+    if avail < 2:
+        return None
+    b0 = data[pos]
+    b1 = data[pos + 1]
+    length = b1 & 0x7F
+    size = 2
+    if length == 126:
+        size = 4
+        if avail < 4:
+            return None
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+    elif length == 127:
+        size = 10
+        if avail < 10:
+            return None
+        length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+    masked = bool(b1 & 0x80)
+    if masked:
+        size += 4
+        if avail < size:
+            return None
+    return FrameHeader(bool(b0 & 0x80), (b0 >> 4) & 0x7, b0 & 0x0F, masked, length, size)
+
+
+def mask_payload(payload: Buffer, key: bytes) -> bytes:
+    """``payload`` XOR the 4-byte ``key`` repeated (masking and unmasking are the same)."""
+    n = len(payload)
+    if not n:
+        return b""
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+
+
+def read_frames(data: Buffer, pos: int = 0) -> tuple[list[Frame], int]:
+    """Every complete frame in ``data[pos:]`` and the offset of the first byte not consumed."""
+    out: list[Frame] = []
+    n = len(data)
+    while True:
+        h = parse_header(data, pos)
+        if h is None:
+            break
+        start = pos + h.size
+        end = start + h.length
+        if end > n:
+            break
+        payload = bytes(data[start:end])
+        if h.masked:
+            payload = mask_payload(payload, bytes(data[start - 4 : start]))
+        out.append(Frame(h.opcode, h.fin, h.rsv, payload))
+        pos = end
+    return out, pos
+
+
+def split_frames(data: Buffer, pos: int = 0) -> tuple[list[bytes], int]:
+    """Cut ``data[pos:]`` into complete server (unmasked) WebSocket data frames, header included.
+
+    Returns the frames and the offset of the first byte not consumed (an incomplete
+    frame at the end stays for the caller). Raises ``ValueError`` on a byte stream
+    that is not a sequence of unmasked FIN data frames.
+    """
+    out: list[bytes] = []
+    n = len(data)
+    while pos + 2 <= n:
+        b0 = data[pos]
+        if b0 not in (0x81, 0x82) or data[pos + 1] & 0x80:
+            raise ValueError(f"not a fastws frame at offset {pos}: {bytes(data[pos : pos + 2])!r}")
+        h = parse_header(data, pos)
+        if h is None:
+            break
+        end = pos + h.size + h.length
+        if end > n:
+            break
+        out.append(bytes(data[pos:end]))
+        pos = end
+    return out, pos
+
+
+def encode_client_frame(
+    opcode: int,
+    payload: Buffer = b"",
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bool = True,
+    length_form: int | None = None,
+    key: bytes | None = None,
+) -> bytes:
+    """One frame as a client sends it: masked with ``key`` (random by default) unless ``mask=False``.
+
+    ``length_form`` (126 or 127) forces a longer length encoding than needed, which a
+    server must refuse; it exists for tests.
+    """
+    n = len(payload)
+    head = bytearray([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    mbit = 0x80 if mask else 0
+    form = length_form or (n if n < 126 else 126 if n <= 0xFFFF else 127)
+    if form < 126:
+        head.append(mbit | n)
+    elif form == 126:
+        head.append(mbit | 126)
+        head += n.to_bytes(2, "big")
+    else:
+        head.append(mbit | 127)
+        head += n.to_bytes(8, "big")
+    if not mask:
+        return bytes(head) + bytes(payload)
+    key = os.urandom(4) if key is None else key
+    if len(key) != 4:
+        raise ValueError(f"a mask key is 4 bytes, got {len(key)}")
+    return bytes(head) + key + mask_payload(payload, key)
+
+
+async def read_frame(read_exactly: Callable[[int], Awaitable[bytes]]) -> tuple[FrameHeader, bytes]:
+    """Read one frame with ``read_exactly(n)`` (returns exactly n bytes); (header, unmasked payload)."""
+    first = await read_exactly(2)
+    need = 2 + {126: 2, 127: 8}.get(first[1] & 0x7F, 0) + (4 if first[1] & 0x80 else 0)
+    head = first + (await read_exactly(need - 2) if need > 2 else b"")
+    h = parse_header(head)
+    if h is None or h.size != len(head):  # read_exactly returned the wrong number of bytes
+        raise ValueError(f"short frame header: {head!r}")
+    payload = await read_exactly(h.length) if h.length else b""
+    if h.masked:
+        payload = mask_payload(payload, head[-4:])
+    return h, payload
