@@ -4,7 +4,7 @@
 dashboard items (300 B - 2 KB JSON) per compressor and level.
 
 ``python -m bench.bench_deflate run [--clients 1000] [--messages 100] [--repeats 3]``
-starts, per implementation, a server process (core 0) and a client process (core 1)
+(``--batch K``: K items per loop turn) starts, per implementation, a server process (core 0) and a client process (core 1)
 with N raw connections that offer ``permessage-deflate; client_max_window_bits`` (as
 browsers do) or nothing; the server broadcasts M items, one per loop turn; clients
 count frames and bytes. Reported: server CPU (getrusage user+sys, from the first
@@ -141,9 +141,11 @@ async def _server(kind: str, n: int) -> None:
             _say(rss_kib=rss_kib())
         elif line[0] == "run":
             items = [dashboard_item(i) for i in range(int(line[1]))]
+            batch = int(line[2])
             t0 = cpu_s()
-            for item in items:
-                publish(item)
+            for i in range(0, len(items), batch):  # ``batch`` items per loop turn
+                for item in items[i:i + batch]:
+                    publish(item)
                 await asyncio.sleep(0)
             _say(published=len(items))
         elif line[0] == "cpu":
@@ -242,7 +244,7 @@ class _Child:
             self.p.wait()
 
 
-def measure(name: str, n: int, m: int) -> dict[str, Any]:
+def measure(name: str, n: int, m: int, batch: int) -> dict[str, Any]:
     kind, offer = IMPLS[name]
     srv = _Child(["_server", kind, str(n)], core=0)
     cli = None
@@ -255,7 +257,7 @@ def measure(name: str, n: int, m: int) -> dict[str, Any]:
         while srv.ask("count")["count"] < n and time.monotonic() < deadline:
             time.sleep(0.05)
         idle = srv.ask("mem")["rss_kib"]
-        srv.ask(f"run {m}", 600)
+        srv.ask(f"run {m} {batch}", 600)
         got = cli.ask(None, 600)
         cpu = srv.ask("cpu")["cpu"]
     finally:
@@ -267,11 +269,11 @@ def measure(name: str, n: int, m: int) -> dict[str, Any]:
             "idle_kib": (idle - base) / n}
 
 
-def run(n: int, m: int, repeats: int) -> None:
+def run(n: int, m: int, repeats: int, batch: int) -> None:
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in IMPLS}
     for r in range(repeats):  # interleaved
         for name in IMPLS:
-            res = measure(name, n, m)
+            res = measure(name, n, m, batch)
             results[name].append(res)
             print(f"run {r + 1}: {json.dumps(res)}", file=sys.stderr)
     rows = []
@@ -282,7 +284,8 @@ def run(n: int, m: int, repeats: int) -> None:
         rows.append([name, f"{rs[0]['negotiated']}/{n}", f"{cpu:.2f}", f"{cpu / base:.2f}x", f"{cpu / ws:.3f}x",
                      f"{median(x['bytes'] for x in rs):.0f}", f"{median(x['idle_kib'] for x in rs):.2f}"])
     print(format_env(env_info()))
-    print(f"N={n} clients, M={m} items (300 B - 2 KB JSON), median of {repeats} interleaved runs\n")
+    print(f"N={n} clients, M={m} items (300 B - 2 KB JSON), {batch} per loop turn, "
+          f"median of {repeats} interleaved runs; load average before: {os.getloadavg()[0]:.1f}\n")
     print(markdown_table(["server", "deflate", "CPU µs/delivery", "vs fastws plain", "vs websockets deflate",
                           "bytes/delivery", "idle KiB/conn"], rows))
 
@@ -299,8 +302,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--messages", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=1, help="items broadcast per loop turn (fastws: one write per turn)")
     a = p.parse_args()
-    compressors() if a.what == "compressors" else run(a.clients, a.messages, a.repeats)
+    compressors() if a.what == "compressors" else run(a.clients, a.messages, a.repeats, a.batch)
 
 
 if __name__ == "__main__":
