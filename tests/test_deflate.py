@@ -249,6 +249,39 @@ async def test_no_compression_while_no_deflate_client_is_connected():
         assert server.stats()["compression"]["messages_compressed"] == 0
 
 
+async def test_deflate_client_joining_mid_turn_gets_the_plain_frames_of_that_turn():
+    """A message published before the first deflate client joined, in the same loop turn, was not
+    compressed: that turn's deflate clients get the plain buffer (legal per message), never a
+    compressed buffer that misses it. (In-memory transports: the order is forced.)"""
+    import logging
+
+    from picows.picows import WSTransport
+
+    from fastws._core import Hub
+    from fastws._testing import MemoryTransport, connect as connect_memory
+
+    loop = asyncio.get_running_loop()
+    hub = Hub(loop)
+    hub.enable_deflate(6, 16)
+    plain_t, deflate_t = MemoryTransport(loop), MemoryTransport(loop)
+    connect_memory(hub, plain_t)
+    hub.publish("first " * 10)  # no deflate client yet: not compressed
+    client = hub.new_client()
+    client._use_deflate(15, False)
+    client.on_ws_connected(WSTransport(False, deflate_t, logging.getLogger("test"), loop))
+    hub.publish("second " * 10)
+    assert hub.flush() == 2
+    frames = fastws.encode_frame("first " * 10) + fastws.encode_frame("second " * 10)
+    assert plain_t.take() == frames
+    assert deflate_t.take() == frames  # the plain buffer, whole
+    hub.publish("third " * 10)  # the next turn: compressed once for it
+    hub.flush()
+    assert plain_t.take() == fastws.encode_frame("third " * 10)
+    got = deflate_t.take()
+    assert got[0] == 0xC1 and zlib.decompressobj(-15).decompress(got[2:] + TAIL) == b"third " * 10
+    assert hub.bytes_out == 2 * len(frames) + len(fastws.encode_frame("third " * 10)) + len(got)
+
+
 async def test_smallest_window_serves_every_deflate_client():
     async with running_server() as server:
         small, ext = await deflate_client(server.port, "permessage-deflate; server_max_window_bits=9")
