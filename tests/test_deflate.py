@@ -258,7 +258,8 @@ async def test_deflate_client_joining_mid_turn_gets_the_plain_frames_of_that_tur
     from picows.picows import WSTransport
 
     from fastws._core import Hub
-    from fastws._testing import MemoryTransport, connect as connect_memory
+    from fastws._testing import MemoryTransport
+    from fastws._testing import connect as connect_memory
 
     loop = asyncio.get_running_loop()
     hub = Hub(loop)
