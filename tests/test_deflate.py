@@ -165,6 +165,47 @@ async def test_offer_answered_and_window_honoured(offer, answer, wbits):
         raw.close()
 
 
+def _combinations():
+    for snct in (False, True):
+        for cnct in (False, True):
+            for smwb in (None, 8, 12, 15):
+                for cmwb in (None, "", "10"):
+                    offer = ["permessage-deflate"]
+                    answer = ["permessage-deflate", "server_no_context_takeover"]
+                    if snct:
+                        offer.append("server_no_context_takeover")
+                    if cnct:
+                        offer.append("client_no_context_takeover")
+                        answer.append("client_no_context_takeover")
+                    if smwb:
+                        offer.append(f"server_max_window_bits={smwb}")
+                        answer.append(f"server_max_window_bits={smwb}")
+                    if cmwb is not None:
+                        offer.append("client_max_window_bits" + (f"={cmwb}" if cmwb else ""))
+                    yield "; ".join(offer), "; ".join(answer), smwb or 15, cnct
+
+
+@pytest.mark.parametrize(("offer", "answer", "wbits", "cnct"), list(_combinations()))
+async def test_every_parameter_combination(offer, answer, wbits, cnct):
+    """2 x 2 x 4 x 3 offers: the answer, the window of what the server sends, and the client's
+    compressed messages (with or without its context, as agreed) all work."""
+    received = []
+    async with running_server(on_message=lambda c, d: received.append(d)) as server:
+        raw, ext = await deflate_client(server.port, offer)
+        assert ext == answer
+        await wait_for(lambda: server.connection_count == 1)
+        big = os.urandom(100).hex() + "w" * 1000 + os.urandom(100).hex()
+        server.broadcast(big)
+        assert await read_message(raw, wbits) == (1, True, big.encode())
+        ctx = None if cnct else zlib.compressobj(6, zlib.DEFLATED, -10 if "client_max_window_bits=10" in offer else -15)
+        for _ in range(2):
+            raw.send_frame(0x1, compress(big.encode(), ctx), rsv=4)
+        await wait_for(lambda: len(received) == 2)
+        assert received == [big, big]
+        assert server.stats()["compression"]["inflaters"] == (0 if cnct else 1)
+        raw.close()
+
+
 @pytest.mark.parametrize("offer", DECLINED)
 async def test_unacceptable_offer_declined_not_failed(offer):
     async with running_server() as server:
