@@ -537,3 +537,19 @@ def test_chromium_negotiates_deflate_and_receives_compressed_broadcasts(page, tm
         assert "fastws_received_messages_total 5" in metrics and "fastws_protocol_errors_total 0" in metrics
     finally:
         assert child.stop() == 0, (tmp_path / "serve.log").read_text()
+
+
+def test_deflate_stub_matches_the_module():
+    import ast
+    import pathlib
+
+    from fastws import _deflate
+
+    tree = ast.parse((pathlib.Path(_deflate.__file__).parent / "_deflate.pyi").read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert set(classes) == {"Deflater", "Inflater"}
+    for name, node in classes.items():
+        stub = {b.target.id if isinstance(b, ast.AnnAssign) else b.name for b in node.body
+                if isinstance(b, (ast.AnnAssign, ast.FunctionDef))} - {"__init__"}
+        public = {n for n in dir(getattr(_deflate, name)) if not n.startswith("_")}
+        assert stub == public, name
