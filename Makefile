@@ -8,7 +8,7 @@ debug:
 test:
 	$(PY) -m pytest -q
 lint:
-	ruff check src tests bench compliance
+	ruff check src tests bench compliance && $(PY) -m mypy
 bench:
 	$(PY) -m bench.bench_fanout --json bench/results/fanout-full.json && $(PY) -m bench.bench_memory --json bench/results/memory.json && $(PY) -m bench.plot_fanout bench/results/fanout-full.json
 bench-core:

@@ -14,6 +14,7 @@ import pytest
 
 from fastws.blueprint import BlueprintError, FanOutSendStream, System
 from fastws.blueprint import cli as blueprint_cli
+from fastws.blueprint.cli import main as cli_main
 from fastws.component import ComposedComponent
 from fastws.components import Sink
 from tests.utils import TIMEOUT
@@ -71,12 +72,12 @@ def test_tab_indentation_error(tmp_path: Path) -> None:
     [
         ("", ["the blueprint is empty; expected a mapping with a 'system' key"]),
         ("- 1\n", ["expected a mapping with a 'system' key, got list"]),
-        ("sistem: {}\n", ["sistem: unknown field"]),
+        ("sistem: {}\n", ["sistem: unknown key"]),
         ("system: {name: x}\n", ["components: missing required field"]),
         ("system: {name: x, components: [{name: a}]}\n", ["components[0].type: missing required field"]),
         (
             "system: {name: x, components: [{name: a, type: Source, confg: {}}]}\n",
-            ["components[0].confg: unknown field"],
+            ["components[0].confg: unknown key"],
         ),
         (
             "system: {name: x, components: [{name: a, type: Source, config: 3}]}\n",
@@ -84,7 +85,7 @@ def test_tab_indentation_error(tmp_path: Path) -> None:
         ),
         (
             "system: {name: x, components: [{name: a, type: Source}], bindings: [{frm: a.x}]}\n",
-            ["bindings[0].frm: unknown field"],
+            ["bindings[0].frm: unknown key"],
         ),
         (
             "system: {name: x, components: [{name: a, type: Source}], bindings: [{from: a.x, to: b.y, buffer_size: -1}]}\n",
@@ -164,11 +165,22 @@ def test_source_has_no_inputs_and_single_input_ports(tmp_path: Path) -> None:
     ]
 
 
-def test_unknown_config_key_lists_known_ones(tmp_path: Path) -> None:
+def test_unknown_config_key_is_a_warning_and_an_error_when_strict(tmp_path: Path) -> None:
     text = "system: {name: x, components: [{name: s, type: Sink, config: {mod: log, retry_enabled: true}}]}\n"
-    assert errors_of(text, tmp_path) == [
-        "components[0].config.mod: unknown key; known keys are: mode, level, path, keep_last"
-    ]
+    path = write(tmp_path, text)
+    expected = f"{path}: components[0].config.mod: unknown key, ignored (Sink keys are: mode, level, path, keep_last)"
+    assert System.from_yaml(path).warnings == [expected]
+    with pytest.raises(BlueprintError) as info:
+        System.from_yaml(path, strict=True)
+    assert info.value.errors == [expected]
+
+
+def test_validate_prints_warnings_and_strict_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "system: {name: x, components: [{name: s, type: Sink, config: {mod: log}}]}\n")
+    assert cli_main(["validate", str(path)]) == 0
+    assert "warning: " in capsys.readouterr().err
+    assert cli_main(["validate", "--strict", str(path)]) == 1
+    assert "components[0].config.mod: unknown key" in capsys.readouterr().err
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -187,7 +199,7 @@ def test_overrides(tmp_path: Path) -> None:
     ):
         System.from_yaml(path, overrides={"nope": {}})
     with pytest.raises(
-        BlueprintError, match=r"components\[0\].config.data_count: expected an integer >= 0, got -2$"
+        BlueprintError, match=r"^overrides: src.data_count=-2: expected an integer >= 0, got -2$"
     ):
         System.from_yaml(path, overrides={"src": {"data_count": -2}})
 
@@ -329,7 +341,7 @@ async def test_async_with_and_wait() -> None:
         with anyio.fail_after(TIMEOUT):
             await system.wait()
         assert system["sink"].count == 5  # type: ignore[attr-defined]
-    assert system.status()["sink"]["processed"] == 5
+    assert system.status()["sink"]["items_processed"] == system.status()["sink"].items_processed == 5
 
 
 # -- CLI subcommands ------------------------------------------------------------------------------
@@ -345,7 +357,7 @@ def test_cli_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     path = write(tmp_path, PIPE + "    - {from: src.out, to: sink.in}\n")
     args = parse(["validate", str(path)])
     assert args.func(args) == 0
-    assert capsys.readouterr().out == f"{path}: OK (system 'pipe': 2 components, 1 streams)\n"
+    assert capsys.readouterr().out == f"{path}: OK (system 'pipe': 2 components, 1 stream)\n"
 
 
 def test_cli_validate_error_no_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -365,9 +377,7 @@ def test_cli_set_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     }
     args = parse(["validate", str(path), "--set", "src.data_delay=-1"])
     assert args.func(args) == 1
-    assert capsys.readouterr().err.endswith(
-        "components[0].config.data_delay: expected a number >= 0, got -1\n"
-    )
+    assert capsys.readouterr().err == "error: --set src.data_delay=-1: expected a number >= 0, got -1\n"
 
 
 def test_cli_run(tmp_path: Path) -> None:
@@ -378,3 +388,69 @@ def test_cli_run(tmp_path: Path) -> None:
     )
     assert args.func(args) == 0
     assert len(out.read_text().splitlines()) == 5
+
+
+# -- the component contract, as the runner reads it (fastws/component.py) -------------------------
+
+
+class TwoPorts(ComposedComponent):
+    INPUT_PORTS = ("a", "b")
+    OUTPUT_PORTS = ("out",)
+
+    async def process(self) -> None:
+        await self.close_outputs()
+
+
+class OwnProcess(ComposedComponent):
+    async def process(self) -> None:  # reads its inputs its own way: READS_ALL_INPUTS inferred
+        await self.close_outputs()
+
+
+class OwnProcessOnePort(ComposedComponent):
+    READS_ALL_INPUTS = False
+
+    async def process(self) -> None:
+        await self.close_outputs()
+
+
+def _contract_system(to_type: str, ports: tuple[str, str], from_port: str = "output") -> dict[str, Any]:
+    return {
+        "system": {
+            "name": "contract",
+            "components": [
+                {"name": "src", "type": "Source"},
+                {"name": "src2", "type": "Source"},
+                {"name": "x", "type": f"{__name__}:{to_type}"},
+            ],
+            "bindings": [
+                {"from": f"src.{from_port}", "to": f"x.{ports[0]}"},
+                {"from": "src2.output", "to": f"x.{ports[1]}"},
+            ],
+        }
+    }
+
+
+def test_runner_reads_declared_ports_and_reads_all_inputs() -> None:
+    assert TwoPorts.reads_all_inputs() and OwnProcess.READS_ALL_INPUTS and not OwnProcessOnePort.READS_ALL_INPUTS
+    System.from_dict(_contract_system("TwoPorts", ("a", "b")))
+    System.from_dict(_contract_system("OwnProcess", ("p", "q")))
+    with pytest.raises(BlueprintError) as info:
+        System.from_dict(_contract_system("TwoPorts", ("a", "c")))
+    assert info.value.errors == [
+        f"<dict>: bindings[1].to: component 'x' ({__name__}:TwoPorts) has no input port 'c'; "
+        "its input ports are: a, b"
+    ]
+    with pytest.raises(BlueprintError, match=r"'x' \(.*OwnProcessOnePort\) reads a single input port"):
+        System.from_dict(_contract_system("OwnProcessOnePort", ("p", "q")))
+
+
+def test_stream_processor_variants_declare_their_ports() -> None:
+    from fastws.components import StreamProcessor
+    from fastws.components.stream_processor import DeduplicatingProcessor, JoiningProcessor
+
+    assert StreamProcessor.input_ports({"variant": "joining"}) == ("left", "right")
+    assert StreamProcessor.input_ports({"variant": "windowing"}) is None
+    assert not StreamProcessor.reads_all_inputs({"variant": "deduplication"})
+    sp = StreamProcessor("j", {"variant": "joining"})
+    assert type(sp) is JoiningProcessor and isinstance(sp, StreamProcessor)
+    assert type(StreamProcessor("d", {"variant": "deduplication"})) is DeduplicatingProcessor

@@ -151,24 +151,31 @@ async def test_source_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"data_delay": "x"}, "config.data_delay: expected a number, got 'x'"),
-        ({"data_delay": -1}, "config.data_delay: expected a number >= 0, got -1"),
-        ({"data_count": -1}, "config.data_count: expected an integer >= 0, got -1"),
-        ({"data_count": 1.5}, "config.data_count: expected an integer or null, got 1.5"),
-        ({"generator": "dice"}, "config.generator: invalid enum value 'dice', got 'dice'"),
-        ({"generator": "file"}, "config.path: required when generator is 'file'"),
-        ({"path": "x.jsonl"}, "config.path: only used with generator 'file' (generator is 'sequence')"),
-        (
-            {"dta_count": 3},
-            "config.dta_count: unknown key; known keys are: generator, data_count, data_delay, start, metrics, seed, path, fields",
-        ),
-        ("nope", "config: expected a mapping of settings, got 'nope'"),
+        ({"data_delay": "x"}, "src.config.data_delay: expected a number, got 'x'"),
+        ({"data_delay": -1}, "src.config.data_delay: expected a number >= 0, got -1"),
+        ({"data_count": -1}, "src.config.data_count: expected an integer >= 0, got -1"),
+        ({"data_count": 1.5}, "src.config.data_count: expected an integer or null, got 1.5"),
+        ({"generator": "dice"}, "src.config.generator: expected one of 'sequence', 'metrics', 'clock', 'file', got 'dice'"),
+        ({"generator": "file"}, "src.config.path: required when generator is 'file'"),
+        ({"path": "x.jsonl"}, "src.config.path: only used with generator 'file' (generator is 'sequence')"),
+        ("nope", "src.config: expected a mapping of settings, got 'nope'"),
     ],
 )
 def test_source_config_errors(config: Any, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         Source("src", config)
     assert str(info.value) == message
+
+
+def test_unknown_source_key_is_ignored_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="fastws.component.src"):
+        src = Source("src", {"dta_count": 3})
+    assert src.ignored_keys == ("dta_count",)
+    assert [r.getMessage() for r in caplog.records] == [
+        "src.config.dta_count: unknown key, ignored (Source keys are: generator, data_count, data_delay, "
+        "start, metrics, seed, path, fields)"
+    ]
+    assert Source.validate_config({"dta_count": 3}, "config") == [caplog.records[0].getMessage().replace("src.", "", 1)]
 
 
 def test_framework_keys_are_accepted() -> None:
@@ -231,9 +238,9 @@ async def run_through_sink(sink: Sink, items: list[Any]) -> None:
 
 
 def test_sink_config_errors() -> None:
-    with pytest.raises(ConfigError, match=r"^config.path: required when mode is 'file'$"):
+    with pytest.raises(ConfigError, match=r"^s.config.path: required when mode is 'file'$"):
         Sink("s", {"mode": "file"})
-    with pytest.raises(ConfigError, match=r"^config.level: invalid enum value 'LOUD', got 'LOUD'$"):
+    with pytest.raises(ConfigError, match=r"^s.config.level: expected one of 'DEBUG', 'INFO', 'WARNING', 'ERROR', got 'LOUD'$"):
         Sink("s", {"level": "LOUD"})
 
 
@@ -421,10 +428,13 @@ async def test_deduplication_whole_item_and_ttl() -> None:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({}, "config.variant: missing required field"),
-        ({"variant": "sorting"}, "config.variant: invalid enum value 'sorting', got 'sorting'"),
-        ({"variant": "windowing", "window_size": 0}, "config.window_size: expected a number > 0, got 0"),
-        ({"variant": "deduplication", "max_keys": 0}, "config.max_keys: expected an integer >= 1, got 0"),
+        ({}, "sp.config.variant: missing required field"),
+        (
+            {"variant": "sorting"},
+            "sp.config.variant: expected one of 'joining', 'windowing', 'deduplication', got 'sorting'",
+        ),
+        ({"variant": "windowing", "window_size": 0}, "sp.config.window_size: expected a number > 0, got 0"),
+        ({"variant": "deduplication", "max_keys": 0}, "sp.config.max_keys: expected an integer >= 1, got 0"),
     ],
 )
 def test_stream_processor_config_errors(config: Any, message: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+import fastws
 from fastws.metrics import render_metrics
 from tests.utils import TIMEOUT, RawClient, raw_http, running_server, url, wait_for
 
@@ -216,3 +217,47 @@ def test_label_values_are_escaped():
     text = render_metrics(Fake())
     assert 'fastws_connections_rejected_total{reason="we\\"ird\\\\reason\\n"} 2\n' in text
     parse_prometheus(text)
+
+
+async def test_metrics_token_protects_health_and_metrics_on_the_websocket_port():
+    token = "m3trics-t0ken"
+    async with running_server(metrics_token=token) as server:
+        for path in ("/health", "/metrics"):
+            status, headers, body = await get(server.port, path)
+            assert (status, body) == (401, b"401 metrics_token required"), path
+            assert headers["www-authenticate"].startswith("Bearer")
+            assert (await get(server.port, path + "?token=wrong"))[0] == 401
+            status, _, _ = await raw_http(server.port, f"GET {path} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+            assert status == 200, path
+            assert (await get(server.port, f"{path}?token={token}"))[0] == 200
+        status, _, body = await get(server.port, f"/metrics?token={token}")
+        assert "fastws_connections_open 0" in body.decode()
+        # WebSocket clients are not affected by metrics_token
+        async with connect(url(server)) as ws:
+            await wait_for(lambda: server.connection_count == 1)
+            server.broadcast("ok")
+            async with asyncio.timeout(TIMEOUT):
+                assert await ws.recv() == "ok"
+
+
+async def test_metrics_port_binds_loopback_by_default_and_metrics_host_and_token_apply():
+    token = "m3trics-t0ken"
+    async with running_server(host="0.0.0.0", metrics_port=0, metrics_token=token) as server:
+        srv = server._metrics_server._srv
+        assert {s.getsockname()[0] for s in srv.sockets} == {"127.0.0.1"}  # not the WebSocket host
+        mport = server.metrics_port
+        assert (await get(mport, "/metrics"))[0] == 401
+        assert (await raw_http(mport, b"HEAD /health HTTP/1.1\r\nauthorization: BEARER m3trics-t0ken\r\n\r\n"))[0] == 200
+        status, _, body = await raw_http(mport, b"GET /health HTTP/1.1\r\nAuthorization: Bearer m3trics-t0ken\r\n\r\n")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        assert (await get(mport, f"/metrics?token={token}"))[0] == 200
+    async with running_server(metrics_port=0, metrics_host="127.0.0.1") as server:
+        assert (await get(server.metrics_port, "/health"))[0] == 200
+
+
+def test_metrics_host_and_token_config_errors_name_the_key():
+    with pytest.raises(fastws.ConfigError, match=r"config\.metrics_host: needs metrics_port"):
+        fastws.ServerConfig.from_dict({"metrics_host": "0.0.0.0"})
+    with pytest.raises(fastws.ConfigError, match=r"config\.metrics_token: must not be empty"):
+        fastws.ServerConfig.from_dict({"metrics_token": " "})
+    assert fastws.ServerConfig.from_dict({"metrics_port": 9100}).metrics_host is None

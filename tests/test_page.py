@@ -124,7 +124,7 @@ async def test_component_config_turns_the_page_on():
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"page": "yes"}, "config.page: expected `bool`"),
+        ({"page": "yes"}, "config.page: expected a boolean, got 'yes'"),
         ({"page_path": "live"}, "config.page_path: must be a path starting with '/'"),
         ({"page_path": "/a?b"}, "config.page_path: must be a path starting with '/'"),
     ],

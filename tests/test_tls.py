@@ -140,7 +140,7 @@ async def test_key_that_does_not_match_names_certfile(ca, cert_files, tmp_path):
 
 
 def test_ssl_config_errors_name_the_key():
-    with pytest.raises(fastws.ConfigError, match=r"config\.ssl: object contains unknown field `cert`"):
+    with pytest.raises(fastws.ConfigError, match=r"config\.ssl\.cert: unknown field"):
         fastws.ServerConfig.from_dict({"ssl": {"cert": "x.pem"}})
     with pytest.raises(fastws.ConfigError, match=r"config\.ssl\.certfile: must name a PEM file"):
         fastws.ServerConfig.from_dict({"ssl": {"certfile": ""}})
@@ -153,3 +153,43 @@ def test_cli_flags_build_the_ssl_config():
     args = build_parser().parse_args(["serve", "--keyfile", "k.pem"])
     with pytest.raises(fastws.ConfigError, match="options.certfile"):
         _server_config(args)
+
+
+async def test_tls_handshake_timeouts_are_counted_and_closed_on_time(cert_files, client_ctx):
+    """A client that never starts the TLS handshake, one that stops in the middle of it, and
+    one that finishes TLS but never sends the upgrade: all three are closed after
+    handshake_timeout and counted in handshake_timeouts; a good client is not disturbed."""
+    import time
+
+    from fastws.tls import backstop_timeout
+
+    certfile, keyfile = cert_files
+    timeout = 0.3
+    async with running_server(ssl={"certfile": certfile, "keyfile": keyfile}, handshake_timeout=timeout) as server:
+        good = await connect(wss(server), ssl=client_ctx)
+        loop = asyncio.get_running_loop()
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        partial = socket.create_connection(("127.0.0.1", server.port))
+        partial.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello
+        started = time.monotonic()
+        _, tls_only = await asyncio.open_connection("127.0.0.1", server.port, ssl=client_ctx,
+                                                    server_hostname="127.0.0.1")
+        for sock in (silent, partial):
+            sock.setblocking(False)
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    try:
+                        if not await loop.sock_recv(sock, 4096):
+                            break
+                    except ConnectionResetError:
+                        break
+            sock.close()
+        elapsed = time.monotonic() - started
+        assert elapsed < backstop_timeout(timeout) - 0.3, elapsed  # fastws' deadline, not aiofastnet's
+        await wait_for(lambda: server.stats()["handshake_timeouts"] == 3)
+        tls_only.close()
+        assert server.broadcast("still here") == 1
+        async with asyncio.timeout(TIMEOUT):
+            assert await good.recv() == "still here"
+        await good.close()
+        assert server.stats()["handshake_timeouts"] == 3

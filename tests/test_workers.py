@@ -149,3 +149,45 @@ async def test_cli_serve_workers_broadcasts_stdin_and_stops_on_sigterm():
         proc.stdin.close()
         async with asyncio.timeout(TIMEOUT):
             await proc.stderr.read()  # until the workers, which share it, are gone too
+
+
+async def test_with_workers_a_connection_logs_no_more_than_with_one_process():
+    """At INFO, one process logs nothing per connection (picows' lines are at WARNING for the CLI);
+    the workers must log as the parent does, not each at its root level."""
+    import re
+    import subprocess
+    import sys
+
+    async def serve_and_connect(workers: int) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fastws", "--log-level", "INFO", "serve", "--host", "127.0.0.1", "--port", "0",
+            "--workers", str(workers), stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        )
+        head = []
+        try:
+            async with asyncio.timeout(TIMEOUT * 3):
+                while not (m := re.search(r"serving on ws://127\.0\.0\.1:(\d+)/", head[-1] if head else "")):
+                    line = (await proc.stderr.readline()).decode()
+                    assert line, "".join(head)
+                    head.append(line)
+            port = int(m.group(1))
+            for _ in range(4):
+                async with connect(f"ws://127.0.0.1:{port}/") as ws:
+                    await ws.ping()  # answered: the connection is up in its worker
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(TIMEOUT * 2):
+                tail = (await proc.stderr.read()).decode()
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        return tail
+
+    one = await serve_and_connect(1)
+    two = await serve_and_connect(2)
+    per_connection = re.compile(r"New connection|Disconnected|connection accepted", re.I)
+    assert not per_connection.search(one), one
+    assert not per_connection.search(two), two
+    # the workers do log at INFO (so the absence above is not just silence)
+    assert re.search(r"INFO fastws\.server\[worker \d\]: fastws stopped", two), two

@@ -7,7 +7,11 @@ counted in ``Server.stats()["rejected"][reason]`` and in the ``/metrics`` output
 * **Static bearer tokens** (``auth.tokens``), compared in constant time.
 * **HS256 JWTs** (``auth.jwt_secret``): signature, ``exp`` and ``nbf`` (with
   ``auth.leeway`` seconds of clock skew), ``aud`` when ``auth.jwt_audience`` is set.
-  Only ``alg: HS256`` is accepted (never ``none``). Standard library only.
+  Only ``alg: HS256`` is accepted (never ``none``). A token without ``exp`` is
+  refused unless ``auth.require_exp`` is false. Standard library only. Whatever a
+  client sends as a token (malformed base64, deeply nested JSON, non-ASCII bytes),
+  the answer is a 401, never a 500: refusals are counted and logged (at most once a
+  second per reason, with the count since the previous line).
 * The token comes from ``Authorization: Bearer <token>`` or, when
   ``auth.query_param`` is set (default ``token``), from ``?token=<token>`` (browsers
   cannot set headers on a WebSocket).
@@ -18,6 +22,9 @@ counted in ``Server.stats()["rejected"][reason]`` and in the ``/metrics`` output
 
 Refusal reasons: ``origin_not_allowed`` (403), ``missing_token``, ``invalid_token``,
 ``token_expired`` (401), ``auth_check_error`` (500, the pluggable check raised).
+
+This module does not know the server: :func:`handshake_checks` builds the checks from
+the config and the server runs them.
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -45,6 +52,12 @@ INVALID_TOKEN = (401, "invalid_token")
 TOKEN_EXPIRED = (401, "token_expired")
 ORIGIN_NOT_ALLOWED = (403, "origin_not_allowed")
 CHECK_FAILED = (500, "auth_check_error")
+
+#: Longest token looked at (picows refuses request heads over 16 KiB anyway).
+MAX_TOKEN_LENGTH = 8192
+#: Deepest JSON nesting accepted in a JWT header or claims (json.loads would recurse).
+MAX_JSON_DEPTH = 32
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class TokenError(ValueError):
@@ -63,7 +76,7 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    if not text or len(text) % 4 == 1:
+    if not text or len(text) % 4 == 1 or not _B64URL.fullmatch(text):
         raise TokenError("invalid_token", "bad base64url segment")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -84,6 +97,37 @@ def encode_jwt(claims: dict[str, Any], secret: str | bytes, headers: dict[str, A
     return signing_input + "." + _b64encode(sig)
 
 
+def _json_segment(segment: str, what: str) -> Any:
+    raw = _b64decode(segment)
+    # json.loads recurses once per level: 5,000 "[" would raise RecursionError. Brackets
+    # inside strings count too, which only makes the bound stricter.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        depth = 0
+        for byte in raw:
+            if byte in b"[{":
+                depth += 1
+                if depth > MAX_JSON_DEPTH:
+                    raise TokenError("invalid_token", f"{what} is nested too deeply")
+            elif byte in b"]}":
+                depth -= 1
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise TokenError("invalid_token", f"{what} is not JSON") from None
+
+
+def _number(value: Any, claim: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TokenError("invalid_token", f"{claim} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise TokenError("invalid_token", f"{claim} is out of range") from None
+    if number != number:
+        raise TokenError("invalid_token", f"{claim} is not a number")
+    return number
+
+
 def decode_jwt(
     token: str,
     secret: str | bytes,
@@ -91,40 +135,41 @@ def decode_jwt(
     audience: str | None = None,
     leeway: float = 0.0,
     now: float | None = None,
+    require_exp: bool = False,
 ) -> dict[str, Any]:
-    """Verify an HS256 JWT and return its claims; raise :class:`TokenError` if refused."""
+    """Verify an HS256 JWT and return its claims; raise :class:`TokenError` if refused.
+
+    ``require_exp``: refuse a token without an ``exp`` claim (``invalid_token``).
+    Any malformed input raises :class:`TokenError`, never another exception.
+    """
     key = secret.encode() if isinstance(secret, str) else secret
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise TokenError("invalid_token", "not a JWS compact token")
     parts = token.split(".")
     if len(parts) != 3:
         raise TokenError("invalid_token", "not a JWS compact token")
+    if not all(_B64URL.fullmatch(part) for part in parts):
+        raise TokenError("invalid_token", "bad base64url segment")
     head_b64, body_b64, sig_b64 = parts
-    try:
-        header = json.loads(_b64decode(head_b64))
-    except (ValueError, UnicodeDecodeError):
-        raise TokenError("invalid_token", "header is not JSON") from None
+    header = _json_segment(head_b64, "header")
     if not isinstance(header, dict) or header.get("alg") != "HS256":
         raise TokenError("invalid_token", "alg must be HS256")
     expected = hmac.new(key, f"{head_b64}.{body_b64}".encode("ascii"), hashlib.sha256).digest()
     if not hmac.compare_digest(expected, _b64decode(sig_b64)):
         raise TokenError("invalid_token", "bad signature")
-    try:
-        claims = json.loads(_b64decode(body_b64))
-    except (ValueError, UnicodeDecodeError):
-        raise TokenError("invalid_token", "claims are not JSON") from None
+    claims = _json_segment(body_b64, "claims")
     if not isinstance(claims, dict):
         raise TokenError("invalid_token", "claims are not an object")
     t = time.time() if now is None else now
     exp = claims.get("exp")
+    if exp is None and require_exp:
+        raise TokenError("invalid_token", "exp is required (auth.require_exp)")
     if exp is not None:
-        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
-            raise TokenError("invalid_token", "exp is not a number")
-        if t >= exp + leeway:
+        if t >= _number(exp, "exp") + leeway:
             raise TokenError("token_expired", "token expired")
     nbf = claims.get("nbf")
     if nbf is not None:
-        if not isinstance(nbf, (int, float)) or isinstance(nbf, bool):
-            raise TokenError("invalid_token", "nbf is not a number")
-        if t + leeway < nbf:
+        if t + leeway < _number(nbf, "nbf"):
             raise TokenError("invalid_token", "token not valid yet")
     if audience is not None:
         aud = claims.get("aud")
@@ -138,13 +183,14 @@ def decode_jwt(
 
 
 def _bearer(request: Any, query_param: str | None) -> str | None:
-    value = request.headers.get("Authorization")
+    value: str | None = request.headers.get("Authorization")
     if value:
         scheme, _, token = value.strip().partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
     if query_param:
-        _, sep, query = request.path.partition(b"?")
+        path: bytes = request.path
+        _, sep, query = path.partition(b"?")
         if sep:
             values = parse_qs(query.decode("latin-1"), keep_blank_values=False).get(query_param)
             if values:
@@ -156,8 +202,27 @@ def _normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
+class _RefusalLog:
+    """Logs refusals at most once per ``interval`` seconds per reason, with the count since."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
+
+    def __call__(self, reason: str, detail: str) -> None:
+        self._pending[reason] = self._pending.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(reason, -1e9) < self.interval:
+            return
+        self._last[reason] = now
+        n = self._pending.pop(reason)
+        logger.warning("refused %d upgrade(s) with %s in the last %.0fs; latest: %s",
+                       n, reason, self.interval, detail)
+
+
 class Authenticator:
-    """The handshake check built from an :class:`AuthConfig` (``Server`` installs it)."""
+    """The handshake check built from an :class:`AuthConfig` (see :func:`handshake_checks`)."""
 
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
@@ -169,37 +234,63 @@ class Authenticator:
                 None if o is None else _normalize_origin(o) for o in config.allowed_origins
             )
         self._needs_token = bool(self._tokens) or self._secret is not None
+        self.log = _RefusalLog()
+
+    def reasons(self) -> list[str]:
+        """Every reason this check can refuse with (shown at 0 in stats from the start)."""
+        found = [ORIGIN_NOT_ALLOWED[1]] if self._origins is not None else []
+        if self._needs_token:
+            found += [MISSING_TOKEN[1], INVALID_TOKEN[1]]
+        if self._secret is not None:
+            found.append(TOKEN_EXPIRED[1])
+        return found
 
     def __call__(self, request: Any) -> Refusal | None:
+        try:
+            refusal, detail = self._check(request)
+        except Exception as exc:  # a malformed request must never become a 500
+            refusal, detail = INVALID_TOKEN, f"unreadable request ({type(exc).__name__})"
+        if refusal is not None:
+            self.log(refusal[1], detail)
+        return refusal
+
+    def _check(self, request: Any) -> tuple[Refusal | None, str]:
         if self._origins is not None:
             origin = request.headers.get("Origin")
             if (None if origin is None else _normalize_origin(origin)) not in self._origins:
-                return ORIGIN_NOT_ALLOWED
+                return ORIGIN_NOT_ALLOWED, f"Origin {origin!r:.80} is not in auth.allowed_origins"
         if not self._needs_token:
-            return None
+            return None, ""
         token = _bearer(request, self.config.query_param)
         if token is None:
-            return MISSING_TOKEN
-        return self.check_token(token)
+            return MISSING_TOKEN, "no bearer token"
+        return self.check_token_detail(token)
 
     def check_token(self, token: str) -> Refusal | None:
+        """``None`` if ``token`` is let in, else the refusal (never raises)."""
+        return self.check_token_detail(token)[0]
+
+    def check_token_detail(self, token: str) -> tuple[Refusal | None, str]:
         raw = token.encode("utf-8", "surrogateescape")
         ok = False
         for known in self._tokens:  # every token is compared: no early exit on a match
             ok |= hmac.compare_digest(raw, known)
         if ok:
-            return None
+            return None, ""
         if self._secret is None:
-            return INVALID_TOKEN
+            return INVALID_TOKEN, "unknown token"
         c = self.config
         try:
-            decode_jwt(token, self._secret, audience=c.jwt_audience, leeway=c.leeway)
+            decode_jwt(token, self._secret, audience=c.jwt_audience, leeway=c.leeway, require_exp=c.require_exp)
         except TokenError as exc:
-            return TOKEN_EXPIRED if exc.reason == "token_expired" else INVALID_TOKEN
-        return None
+            return (TOKEN_EXPIRED if exc.reason == "token_expired" else INVALID_TOKEN), str(exc)
+        except Exception as exc:  # decode_jwt raises only TokenError; this is the last line of defence
+            logger.error("JWT check failed unexpectedly (%s); refusing the token", type(exc).__name__)
+            return INVALID_TOKEN, f"malformed token ({type(exc).__name__})"
+        return None, ""
 
 
-def guarded(check: Callable[[Any], Refusal | None]) -> Callable[[Any], Refusal | None]:
+def guarded(check: HandshakeCheck) -> HandshakeCheck:
     """``check`` that refuses with 500 ``auth_check_error`` instead of raising."""
 
     def run(request: Any) -> Refusal | None:
@@ -216,24 +307,16 @@ def guarded(check: Callable[[Any], Refusal | None]) -> Callable[[Any], Refusal |
     return run
 
 
-def handshake_checks(
-    config: AuthConfig | None, auth_check: HandshakeCheck | None = None
-) -> tuple[list[HandshakeCheck], list[str]]:
-    """The handshake checks for ``config`` (origin and tokens first, then ``auth_check``).
-
-    Also returns every refusal reason they can give, so that ``stats()`` and
-    ``/metrics`` show each one from the start, at 0.
-    """
+def handshake_checks(config: AuthConfig | None,
+                     auth_check: HandshakeCheck | None = None) -> tuple[list[HandshakeCheck], list[str]]:
+    """The checks to run on every upgrade, in order (origin and tokens first, then
+    ``auth_check``), and the refusal reasons they can give (for stats at 0 from the start)."""
     checks: list[HandshakeCheck] = []
-    reasons: list[Refusal] = []
+    reasons: list[str] = []
     if config is not None:
-        checks.append(Authenticator(config))
-        if config.allowed_origins is not None:
-            reasons.append(ORIGIN_NOT_ALLOWED)
-        if config.tokens or config.jwt_secret is not None:
-            reasons += [MISSING_TOKEN, INVALID_TOKEN]
-        if config.jwt_secret is not None:
-            reasons.append(TOKEN_EXPIRED)
+        authenticator = Authenticator(config)
+        checks.append(authenticator)
+        reasons += authenticator.reasons()
     if auth_check is not None:
         checks.append(guarded(auth_check))
-    return checks, [reason for _, reason in reasons]
+    return checks, reasons

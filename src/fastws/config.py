@@ -5,17 +5,51 @@ Every key is documented in ``docs/reference.md``.
 
 from __future__ import annotations
 
+import re
 import typing
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from ._paths import MISSING, get_path
 from .exceptions import ConfigError
 
-__all__ = ["ServerConfig", "SSLConfig", "AuthConfig", "FRAMEWORK_KEYS"]
+__all__ = [
+    "AuthConfig",
+    "ConfigRequirement",
+    "FRAMEWORK_KEYS",
+    "SSLConfig",
+    "ServerConfig",
+    "UPSTREAM_KEYS",
+    "config_requirements",
+    "parse_struct",
+    "translate_validation_error",
+]
 
-#: Keys that component frameworks put into configs written for the original
-#: component; they are accepted and ignored.
+#: Keys that the original component (autocoder_cc ``WebSocketComponent``), its base
+#: class and its tests read, declare or tolerate. Accepted and ignored: fastws has
+#: its own way to do each (``auth``, ``max_messages_per_second``, ...), see docs/dropin.md.
+UPSTREAM_KEYS = frozenset(
+    {
+        "retry",
+        "circuit_breaker_enabled",
+        "circuit_breaker",
+        "rate_limiter_enabled",
+        "rate_limiter",
+        "schema_validation",
+        "messaging",
+        "websocket_url",
+        "reconnect_interval",
+        "message_format",
+        "require_auth",
+        "jwt_secret",
+    }
+)
+
+#: Keys that component frameworks put into component configs (the upstream keys
+#: included); accepted and ignored without a warning.
 FRAMEWORK_KEYS = frozenset(
     {
         "type",
@@ -32,6 +66,7 @@ FRAMEWORK_KEYS = frozenset(
         "timeout",
         "qos",
     }
+    | UPSTREAM_KEYS
 )
 
 KiB = 1024
@@ -55,6 +90,8 @@ class AuthConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     leeway: float = 0.0  # seconds of clock skew allowed on ``exp``/``nbf``
     allowed_origins: tuple[str | None, ...] | None = None  # None: any Origin; null in the list: no Origin header
     query_param: str | None = "token"  # also take the token from ?token=...; None: header only
+    # issue 14 (edge)
+    require_exp: bool = True  # refuse JWTs without an ``exp`` claim
 
 
 class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -91,6 +128,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     backplane_channel: str = "fastws"  # Redis channel / NATS subject shared by the nodes
     # issue 14.15 (core): seconds a fragmented message may stay unfinished; past it: CLOSE 1008
     fragment_timeout: float = 10.0
+    # issue 14 (edge): protect /health and /metrics
+    metrics_host: str | None = None  # host of metrics_port; None: 127.0.0.1 (loopback only)
+    metrics_token: str | None = None  # bearer token (or ?token=) required by /health and /metrics
     # permessage-deflate (issue 11; docs/reference.md "Compression")
     compression: Literal["deflate", "off"] = "deflate"  # negotiate permessage-deflate with clients that offer it
     compression_level: int = 6  # zlib level 1-9 (each message is compressed once for all clients)
@@ -108,49 +148,17 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
         return cls.__struct_fields__
 
     @classmethod
-    def from_dict(cls, config: dict[str, Any] | None, path: str = "config") -> ServerConfig:
-        """Build a config from a plain dict (a component config, a YAML mapping).
+    def from_dict(cls, config: Mapping[str, Any] | ServerConfig | None, path: str = "config") -> ServerConfig:
+        """Build a config from a plain dict (a YAML mapping, keyword arguments).
 
-        Framework flags are ignored; an unknown key, a wrong type or a value out of
-        range raises :class:`ConfigError` naming ``path.key``.
+        Strict: framework flags (:data:`FRAMEWORK_KEYS`) are ignored, but any other
+        unknown key, a wrong type or a value out of range raises :class:`ConfigError`
+        naming ``path.key``. (A ``WebSocketComponent`` is lenient instead: it ignores
+        unknown keys with a warning, as the original component did; docs/dropin.md.)
         """
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
+        if isinstance(config, ServerConfig):
             return config
-        if not isinstance(config, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings, got {type(config).__name__}")
-        known = cls.keys()
-        values = {}
-        for key, value in config.items():
-            if key in known:
-                values[key] = value
-            elif key not in FRAMEWORK_KEYS:
-                raise ConfigError(
-                    f"{path}.{key}: unknown setting {key!r}; known settings: {', '.join(sorted(known))}"
-                )
-        try:
-            return msgspec.convert(values, cls, strict=True)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(_readable(exc, path)) from None
-
-
-def _readable(exc: msgspec.ValidationError, path: str) -> str:
-    msg = str(exc)
-    head, sep, _ = msg.partition(":")
-    if sep and head.split(".")[0] in ServerConfig.__struct_fields__:
-        # raised by _check(): "port: must be 1-65535 ..., got 70000 - at `$`"
-        return f"{path}.{msg.removesuffix(' - at `$`')}"
-    # "Expected `int`, got `str` - at `$.port`"  ->  "config.port: expected `int`, got `str`"
-    if " - at `$" in msg:
-        text, _, where = msg.rpartition(" - at `$")
-        where = where.rstrip("`")
-        key = where.lstrip(".").split(".")[0].split("[")[0]
-        choices = typing.get_args(typing.get_type_hints(ServerConfig).get(key))
-        if text.startswith("Invalid enum value") and choices:
-            text = f"expected one of {', '.join(map(repr, choices))}, got {text.rpartition(' ')[2]}"
-        return f"{path}{where}: {text[0].lower()}{text[1:]}"
-    return f"{path}: {msg}"
+        return parse_struct(cls, config, path)[0]
 
 
 def _check(c: ServerConfig) -> None:
@@ -238,3 +246,219 @@ def _check_hardening(c: ServerConfig, bad: Any) -> None:
         raise bad("metrics_path", "must differ from health_path", c.metrics_path)
     if c.metrics_port is not None and not 0 <= c.metrics_port <= 65535:
         raise bad("metrics_port", "must be 0-65535 (0 picks a free port) or null", c.metrics_port)
+    if c.metrics_host is not None and (c.metrics_port is None or not c.metrics_host):
+        raise bad("metrics_host", "needs metrics_port (and must not be empty)", c.metrics_host)
+    if c.metrics_token is not None and not c.metrics_token.strip():
+        raise bad("metrics_token", "must not be empty (leave it out for no token)", c.metrics_token)
+
+
+# -- parsing a config mapping, and the one wording of its errors ---------------------------
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def parse_struct(
+    struct_type: type[S],
+    config: Mapping[str, Any] | None,
+    path: str = "config",
+    *,
+    ignore: frozenset[str] = FRAMEWORK_KEYS,
+    unknown: Literal["error", "ignore"] = "error",
+) -> tuple[S, tuple[str, ...]]:
+    """Check ``config`` against ``struct_type``; return ``(settings, ignored keys)``.
+
+    Keys in ``ignore`` are dropped silently. Any other unknown key raises
+    :class:`ConfigError` (``unknown="error"``) or is returned in the ignored keys
+    (``unknown="ignore"``; the caller warns). A wrong type or a value out of range
+    raises :class:`ConfigError` whose message starts with the key's path
+    (``components[1].config.data_delay: ...``). Range checks live in the struct's
+    ``__post_init__``, raising ``ConfigError("key: why, got value")``.
+    """
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {config!r}")
+    known = struct_type.__struct_fields__
+    values: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, value in config.items():
+        if key in known:
+            values[key] = value
+        elif key in ignore:
+            continue
+        elif unknown == "ignore":
+            ignored.append(str(key))
+        else:
+            raise ConfigError(f"{path}.{key}: unknown key; known keys are: {', '.join(known)}")
+    try:
+        settings = msgspec.convert(values, type=struct_type)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(translate_validation_error(exc, path, values, struct_type)) from None
+    return settings, tuple(ignored)
+
+
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "a boolean",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "null",
+}
+_AT_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_TICKS_RE = re.compile(r"`([^`]*)`")
+_OWN_RE = re.compile(r"^[A-Za-z_][\w.\[\]]*: ")  # raised by a __post_init__: "port: must be ..."
+_STEP_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _friendly_type(spec: str) -> str:
+    parts = [p.strip() for p in spec.split("|")]
+    names = [_TYPE_NAMES.get(p, p) for p in parts]
+    if set(parts) >= {"int", "float"}:
+        names = [n for n in names if n != "an integer"]
+    return " or ".join(dict.fromkeys(names))
+
+
+def _join(base: str, subpath: str) -> str:
+    if not base:
+        return subpath.lstrip(".") or "<root>"
+    return base + subpath
+
+
+def _choices(struct_type: type[msgspec.Struct] | None, subpath: str) -> tuple[Any, ...]:
+    """The allowed values of a ``Literal`` field at the top level of ``struct_type``."""
+    key = subpath.lstrip(".")
+    if struct_type is None or not key or not key.isidentifier():
+        return ()
+    hint = typing.get_type_hints(struct_type).get(key)
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    out: list[Any] = []
+    for arg in typing.get_args(hint):
+        if typing.get_origin(arg) is Literal:
+            out.extend(typing.get_args(arg))
+        elif arg is not type(None):
+            return ()  # "int | Literal['auto']": msgspec's own wording says it better
+    return tuple(out)
+
+
+def translate_validation_error(
+    exc: msgspec.ValidationError,
+    base: str,
+    data: Any = None,
+    struct_type: type[msgspec.Struct] | None = None,
+) -> str:
+    """Turn msgspec's "Expected `int`, got `str` - at `$.x.y`" into "base.x.y: expected an integer, got 'a'".
+
+    The one wording of config and blueprint errors: ``<path>: <what is wrong>, got <value>``.
+    """
+    m = _AT_RE.match(str(exc))
+    assert m is not None
+    msg, subpath = m.group("msg"), m.group("path") or ""
+    if _OWN_RE.match(msg):
+        return f"{_join(base, subpath)}.{msg}" if base or subpath else msg
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", msg)
+    missing = re.match(r"Object missing required field `([^`]*)`", msg)
+    if unknown:
+        return f"{_join(base, subpath + '.' + unknown.group(1))}: unknown field"
+    if missing:
+        return f"{_join(base, subpath + '.' + missing.group(1))}: missing required field"
+    steps = [k if k else int(i) for k, i in _STEP_RE.findall(subpath)]
+    value = get_path(data, steps) if data is not None else MISSING
+    choices = _choices(struct_type, subpath) if msg.startswith("Invalid enum value") else ()
+    if choices:
+        msg = f"expected one of {', '.join(map(repr, choices))}"
+    else:
+        got = re.search(r", got `[^`]*`$", msg)
+        if got:
+            msg = msg[: got.start()]
+        msg = _TICKS_RE.sub(lambda t: _friendly_type(t.group(1)), msg)
+        msg = msg[:1].lower() + msg[1:]
+        msg = re.sub(r"([<>]=? -?\d+)\.0\b", r"\1", msg)  # ">= 0.0" -> ">= 0"
+        if value is MISSING and got:
+            msg += ", got " + _friendly_type(got.group(0)[7:-1])
+    if value is not MISSING and not msg.startswith("invalid enum value"):
+        msg += f", got {value!r}"
+    return f"{_join(base, subpath)}: {msg}"
+
+
+# -- the original's get_config_requirements() -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigRequirement:
+    """One config key, as the original's ``get_config_requirements()`` lists it."""
+
+    name: str
+    type: str
+    description: str
+    required: bool = False
+    default: Any = None
+    example: Any = None
+
+
+#: One line per ServerConfig key (the full text is in docs/reference.md) and an example value.
+SERVER_KEY_DOCS: dict[str, tuple[str, Any]] = {
+    "host": ("address to listen on", "127.0.0.1"),
+    "port": ("port to listen on; 0 picks a free one", 8080),
+    "max_connections": ("clients beyond this are closed with 1008 'Max connections reached'", 500),
+    "heartbeat_interval": ("seconds between pings", 15),
+    "heartbeat_timeout": ("seconds a client has to answer a ping (default: the interval)", 10),
+    "max_queued_bytes": ("bytes queued for one client before the slow-client policy applies", 4194304),
+    "slow_client_policy": ("'disconnect' or 'drop' a client over max_queued_bytes", "drop"),
+    "max_message_size": ("largest message a client may send (bytes); larger: 1009", 65536),
+    "handshake_timeout": ("seconds a connection has to complete the upgrade", 5),
+    "ssl": ("serve wss:// with this certificate (certfile, keyfile, password)", {"certfile": "cert.pem"}),
+    "auth": ("who may connect: tokens, jwt_secret, allowed_origins", {"tokens": ["s3cret"]}),
+    "max_messages_per_second": ("per-client inbound message rate; over it: 1008", 20),
+    "burst": ("messages a client may send back to back (needs max_messages_per_second)", 40),
+    "broadcast_rate_limit": ("items per second the component broadcasts, by waiting", 1000),
+    "health_path": ("GET path of the JSON health check; null disables it", "/health"),
+    "metrics_path": ("GET path of the Prometheus metrics; null disables it", "/metrics"),
+    "metrics_port": ("serve health and metrics on this separate port", 9100),
+    "close_timeout": ("seconds to wait for clients to answer CLOSE on stop", 2),
+    "backlog": ("listen(2) backlog", 1024),
+    "max_batch": ("input items a component broadcasts in one write at most", 256),
+    "page": ("serve the built-in live page on page_path", True),
+    "page_path": ("path of the live page", "/"),
+    "workers": ("processes sharing the port, or 'auto'", 4),
+    "reuse_port": ("set SO_REUSEPORT on the listening socket", True),
+    "backplane": ("redis:// or nats:// URL to fan out across nodes", "redis://127.0.0.1:6379/0"),
+    "backplane_channel": ("Redis channel / NATS subject shared by the nodes", "prices"),
+}
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("fastws.config.", "").replace("NoneType", "None")
+
+
+def config_requirements(
+    struct_type: type[msgspec.Struct], docs: Mapping[str, tuple[str, Any]] | None = None
+) -> list[ConfigRequirement]:
+    """The keys of ``struct_type`` as :class:`ConfigRequirement` objects, in field order."""
+    hints = typing.get_type_hints(struct_type, include_extras=False)
+    out = []
+    for f in msgspec.structs.fields(struct_type):
+        description, example = (docs or {}).get(f.name, ("", None))
+        if f.default is not msgspec.NODEFAULT:
+            default = f.default
+        elif f.default_factory is not msgspec.NODEFAULT:
+            default = f.default_factory()
+        else:
+            default = None
+        if default is msgspec.UNSET:
+            default = None
+        out.append(
+            ConfigRequirement(
+                name=f.name,
+                type=_type_name(hints.get(f.name)),
+                description=description,
+                required=f.required,
+                default=default,
+                example=default if example is None else example,
+            )
+        )
+    return out

@@ -1,25 +1,30 @@
 """``GET /health`` (JSON) and ``GET /metrics`` (Prometheus text format 0.0.4).
 
 Both are served on the WebSocket port (plain HTTP GET, no upgrade), or, when
-``metrics_port`` is set, only on a second small HTTP server on that port. Every
-number comes from ``Server.stats()``: counters are exact, not sampled.
+``metrics_port`` is set, only on a second small HTTP server on that port, bound to
+``metrics_host`` (default ``127.0.0.1``). With ``metrics_token`` set, both answer
+401 unless the request carries ``Authorization: Bearer <token>`` or ``?token=<token>``.
+Every number comes from ``Server.stats()``: counters are exact, not sampled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 import msgspec
 
 from .config import ServerConfig
 from .http_types import HTTPResponse, Route
 
-__all__ = ["StatsSource", "health", "render_metrics", "routes", "MetricsHTTPServer"]
+__all__ = ["StatsSource", "health", "render_metrics", "routes", "bind_host", "MetricsHTTPServer"]
 
 logger = logging.getLogger("fastws.metrics")
+
 
 class StatsSource(Protocol):
     """What health and metrics read: a server's config, whether it serves, and its stats."""
@@ -46,6 +51,11 @@ def health(server: StatsSource) -> dict[str, Any]:
         "max_connections": server.config.max_connections,
         "uptime": round(s["uptime"], 3),
     }
+
+
+def bind_host(config: ServerConfig) -> str:
+    """The host the separate ``metrics_port`` server listens on: loopback unless set."""
+    return config.metrics_host if config.metrics_host is not None else "127.0.0.1"
 
 
 def _rss_bytes() -> int | None:
@@ -139,14 +149,70 @@ def metrics_route(server: StatsSource) -> Route:
     return route
 
 
+_UNAUTHORIZED: HTTPResponse = (
+    401, {"WWW-Authenticate": 'Bearer realm="fastws metrics"', "Cache-Control": "no-store"},
+    b"401 metrics_token required",
+)
+
+
+def _has_token(request: Any, token: bytes) -> bool:
+    """``Authorization: Bearer <token>`` or ``?token=<token>``, compared in constant time."""
+    if request is None:
+        return False
+    given: str | None = None
+    value = request.headers.get("Authorization")
+    if value:
+        scheme, _, rest = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            given = rest.strip()
+    if given is None:
+        _, sep, query = request.path.partition(b"?")
+        if sep:
+            values = parse_qs(query.decode("latin-1")).get("token")
+            given = values[0] if values else None
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token)
+
+
+def guarded(route: Route, token: str | None) -> Route:
+    """``route`` answering 401 unless the request carries ``token`` (``None``: no check)."""
+    if token is None:
+        return route
+    expected = token.encode("utf-8", "surrogateescape")
+
+    def checked(request: Any) -> HTTPResponse:
+        return route(request) if _has_token(request, expected) else _UNAUTHORIZED
+
+    return checked
+
+
 def routes(server: StatsSource) -> dict[str, Route]:
+    """The health and metrics routes (paths that are not null), behind ``metrics_token``."""
     c = server.config
     found: dict[str, Route] = {}
     if c.health_path is not None:
-        found[c.health_path] = health_route(server)
+        found[c.health_path] = guarded(health_route(server), c.metrics_token)
     if c.metrics_path is not None:
-        found[c.metrics_path] = metrics_route(server)
+        found[c.metrics_path] = guarded(metrics_route(server), c.metrics_token)
     return found
+
+
+class _Headers(dict[str, str]):
+    """Header names lower-cased; ``get`` is case-insensitive."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
+class _Request:
+    """What a route sees of a request to the ``metrics_port`` server."""
+
+    __slots__ = ("path", "headers")
+
+    def __init__(self, path: bytes, headers: _Headers) -> None:
+        self.path = path
+        self.headers = headers
 
 
 class MetricsHTTPServer:
@@ -165,14 +231,20 @@ class MetricsHTTPServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.requests = 0
 
-    async def start(self, host: str, port: int) -> None:
-        self._srv = await asyncio.start_server(self._handle, host, port, limit=self.MAX_HEAD)
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        """Listen on ``host:port`` (default: :func:`bind_host` and ``metrics_port``)."""
+        config = self.server.config
+        host = bind_host(config) if host is None else host
+        port = config.metrics_port if port is None else port
+        self._srv = await asyncio.start_server(self._handle, host, port or 0, limit=self.MAX_HEAD)
+        logger.info("health and metrics on http://%s:%d%s", host, self.port or 0,
+                    " (metrics_token required)" if config.metrics_token is not None else "")
 
     @property
     def port(self) -> int | None:
         if self._srv is None or not self._srv.sockets:
             return None
-        return self._srv.sockets[0].getsockname()[1]
+        return int(self._srv.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._srv is None:
@@ -192,7 +264,7 @@ class MetricsHTTPServer:
         try:
             status, headers, body, head_only = await self._respond(reader)
             self.requests += 1
-            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
                       408: "Request Timeout", 431: "Request Header Fields Too Large"}.get(status, "Error")
             lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}", "Connection: close"]
             lines += [f"{k}: {v}" for k, v in headers.items()]
@@ -224,5 +296,10 @@ class MetricsHTTPServer:
         route = self.routes.get(target.split(b"?", 1)[0].decode("latin-1"))
         if route is None:
             return 404, {}, b"404 Not Found", method == b"HEAD"
-        status, headers, body = route(None)
+        fields = _Headers()
+        for line in head.split(b"\r\n")[1:]:
+            name, sep, value = line.partition(b":")
+            if sep:
+                fields[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        status, headers, body = route(_Request(target, fields))
         return status, headers, body, method == b"HEAD"

@@ -22,7 +22,10 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 from ._core import Client, Hub
 from .config import ServerConfig
 from .deflate import negotiate
+from .encoding import count_nonfinite, fallback_encode
 from .exceptions import ServerError
+from .fdlimit import check_fd_limit, listening_socket
+from .handshake import accept_upgrade
 from .http_types import HandshakeCheck, Route
 
 __all__ = ["LocalNode", "ConnectionLimit", "ClientCallbacks"]
@@ -114,8 +117,10 @@ class LocalNode:
             from .tls import server_context
 
             context = server_context(c.ssl)
-        if context is not None:
-            tls = {"ssl": context, "ssl_handshake_timeout": c.handshake_timeout}
+        if context is not None:  # fastws.tls.watch_handshakes counts TLS handshake timeouts; aiofastnet's is a backstop
+            from .tls import backstop_timeout
+
+            tls = {"ssl": context, "ssl_handshake_timeout": backstop_timeout(c.handshake_timeout)}
         loop = self._loop = asyncio.get_running_loop()
         hub = Hub(
             loop,
@@ -123,6 +128,8 @@ class LocalNode:
             slow_client_policy=c.slow_client_policy,
             max_message_size=c.max_message_size,
             fragment_timeout=c.fragment_timeout,
+            encode_fallback=fallback_encode,
+            count_nonfinite=count_nonfinite,
             on_message=self._callbacks.on_message,
             on_connect=self._client_connected,
             on_disconnect=self._client_disconnected,
@@ -133,13 +140,17 @@ class LocalNode:
         if c.max_messages_per_second is not None:
             hub.msg_rate = c.max_messages_per_second
             hub.msg_burst = c.burst if c.burst is not None else max(1.0, c.max_messages_per_second)
+        check_fd_limit(c.max_connections, warn=self._limit is None)  # a worker pool warns once, in the parent
+        sock = None
         try:
+            # bound here so that running out of fds does not spin in aiofastnet's accept loop (fastws.fdlimit)
+            sock = listening_socket(c.host, c.port, reuse_port=c.reuse_port)
+            where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": c.host, "port": c.port}
             self._server = await ws_create_server(
                 self._listener_factory,
-                c.host,
-                c.port,
+                **where,
                 backlog=c.backlog,
-                reuse_port=c.reuse_port or None,
+                reuse_port=(c.reuse_port or None) if sock is None else None,
                 read_buffer_init_size=2048,
                 max_frame_size=max(c.max_message_size, 125),
                 websocket_handshake_timeout=c.handshake_timeout,
@@ -149,7 +160,16 @@ class LocalNode:
                 **tls,
             )
         except OSError as exc:
+            if sock is not None:
+                sock.close()
             raise ServerError(exc.errno, f"cannot listen on {c.host}:{c.port}: {exc.strerror or exc}") from None
+        if context is not None:
+            from .tls import watch_handshakes
+
+            def tls_timeout() -> None:
+                self.handshake_timeouts += 1
+
+            watch_handshakes(self._server, c.handshake_timeout, tls_timeout)
         self.hub = hub
         self._schedule_ping()
         logger.info("fastws listening on %s:%d", c.host, self.port)
@@ -252,7 +272,7 @@ class LocalNode:
         hub = self.hub
         if hub is None or self._server is None:
             return self._http_response(503, b"server is stopping")
-        if "upgrade" not in request.headers.get("Connection", "").lower():
+        if not accept_upgrade(request.headers):  # Connection: keep-alive, Upgrade too (fastws.handshake)
             path = request.path.split(b"?", 1)[0].decode("latin-1")
             route = self._routes.get(path)
             if route is None:

@@ -23,11 +23,12 @@ from . import auth as _auth
 from . import metrics as _metrics
 from ._core import Client, Hub, encode_frame
 from .config import ServerConfig
+from .encoding import count_nonfinite, fallback_encode
 from .exceptions import ConfigError, EncodeError, ServerError
 from .fanout import FanOut, Relay
 from .http_types import HandshakeCheck, HTTPResponse, Refusal, Route
 from .node import ConnectionLimit, LocalNode
-from .workers import ConnectionSlots, WorkerPool, resolve_workers, worker_main
+from .workers import ConnectionSlots, LogSetup, WorkerPool, resolve_workers, worker_main
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backplane import Backplane
@@ -35,6 +36,36 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Server", "HTTPResponse", "Refusal"]
 
 logger = logging.getLogger("fastws.server")
+
+
+class FrameEncoder:
+    """Frames items where no Hub of this process does: the parent of workers, the relay.
+
+    Encodes exactly as the Hub does (msgspec, the json.dumps-compatible fallback,
+    ``str`` verbatim, items larger than ``max_queued_bytes`` refused) and counts
+    what it refuses and the non-finite numbers it writes as ``null``.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.encode_errors = 0
+        self.nonfinite_numbers = 0
+
+    def _count_nonfinite(self, item: Any) -> int:
+        n = count_nonfinite(item)
+        self.nonfinite_numbers += n
+        return n
+
+    def __call__(self, item: Any) -> bytes:
+        try:
+            return encode_frame(item, fallback_encode, self._count_nonfinite, self.max_size)
+        except EncodeError:
+            self.encode_errors += 1
+            raise
+
+    def add_stats(self, s: dict[str, Any]) -> None:
+        s["encode_errors"] = int(s.get("encode_errors", 0)) + self.encode_errors
+        s["nonfinite_numbers"] = int(s.get("nonfinite_numbers", 0)) + self.nonfinite_numbers
 
 
 class Server:
@@ -77,6 +108,7 @@ class Server:
         self._pool: WorkerPool | None = None
         self._relay: Relay | None = None
         self._metrics_server: _metrics.MetricsHTTPServer | None = None
+        self._encoder = FrameEncoder(self.config.max_queued_bytes)
         self.started_at: float | None = None
         self._routes: dict[str, Route] = {}
         self._checks: list[HandshakeCheck] = []
@@ -111,7 +143,7 @@ class Server:
                 raise ConfigError("workers: on_message/on_connect/on_disconnect callbacks and an ssl_context "
                                   "object cannot be passed to worker processes; use workers: 1 "
                                   "(or ssl: in the config)")
-            pool = WorkerPool(c, resolve_workers(c.workers), target=_worker_process, encode=encode_frame)
+            pool = WorkerPool(c, resolve_workers(c.workers), target=_worker_process, encode=self._encoder)
             await pool.start()
             self._pool = target = pool
         else:
@@ -125,15 +157,16 @@ class Server:
             if c.metrics_port is not None:
                 self._metrics_server = _metrics.MetricsHTTPServer(self)
                 try:
-                    await self._metrics_server.start(c.host, c.metrics_port)
+                    await self._metrics_server.start()  # metrics_host (loopback by default)
                 except OSError as exc:
                     self._metrics_server = None
-                    raise ServerError(exc.errno, f"cannot listen on {c.host}:{c.metrics_port} (metrics_port): "
+                    raise ServerError(exc.errno, f"cannot listen on {_metrics.bind_host(c)}:{c.metrics_port} "
+                                                 f"(metrics_port): "
                                                  f"{exc.strerror or exc}") from None
             if c.backplane is not None:
                 from .backplane import create_backplane
 
-                relay = Relay(target, create_backplane(c.backplane, c.backplane_channel), encode_frame)
+                relay = Relay(target, create_backplane(c.backplane, c.backplane_channel), self._encoder)
                 await relay.start()
                 self._relay = relay
                 self._target = relay
@@ -259,6 +292,7 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         s: dict[str, Any] = self._target.stats() if self._target is not None else {"connections": 0}
+        self._encoder.add_stats(s)
         s.setdefault("rejected", dict(self.rejected))
         for key in ("connections_total", "heartbeat_timeouts", "handshake_timeouts", "disconnects"):
             s.setdefault(key, 0)
@@ -295,6 +329,6 @@ def _make_worker_server(config: ServerConfig, slots: ConnectionSlots) -> Server:
 
 
 def _worker_process(config: ServerConfig, index: int, sock: socket.socket, slots: ConnectionSlots,
-                    log_level: int | None) -> None:
+                    log_level: LogSetup | None) -> None:
     """The entry point of a worker process (``multiprocessing`` spawns it by this name)."""
     worker_main(_make_worker_server, config, index, sock, slots, log_level)

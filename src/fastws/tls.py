@@ -4,17 +4,30 @@
 custom ciphers, SNI callbacks...). With TLS on, the fan-out still goes through
 aiofastnet's C-level ``write_c`` (its TLS transport overrides it), so a broadcast is
 still framed once; only the encryption is per client.
+
+TLS handshake timeouts (``handshake_timeout``) are counted in ``handshake_timeouts``:
+aiofastnet drops a connection whose TLS handshake is too slow without telling
+anyone (the protocol is only created after the handshake), so :func:`watch_handshakes`
+keeps its own deadline per accepted connection, closes it and counts it; aiofastnet's
+own timeout stays as a backstop (:func:`backstop_timeout`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import ssl
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 from .config import SSLConfig
 from .exceptions import ConfigError
 
-__all__ = ["server_context"]
+__all__ = ["server_context", "backstop_timeout", "watch_handshakes"]
+
+logger = logging.getLogger("fastws.tls")
 
 
 def server_context(config: SSLConfig, path: str = "config.ssl") -> ssl.SSLContext:
@@ -39,3 +52,41 @@ def server_context(config: SSLConfig, path: str = "config.ssl") -> ssl.SSLContex
     except OSError as exc:
         raise ConfigError(f"{path}.certfile: {exc.strerror or exc}: {exc.filename or config.certfile}") from None
     return ctx
+
+
+def backstop_timeout(handshake_timeout: float) -> float:
+    """The ``ssl_handshake_timeout`` for aiofastnet: later than fastws' own deadline, so
+    that :func:`watch_handshakes` sees (and counts) every timeout first."""
+    return handshake_timeout * 2 + 1.0
+
+
+def watch_handshakes(server: Any, timeout: float, on_timeout: Callable[[], None]) -> bool:
+    """Close and count (``on_timeout()``) each TLS connection of ``server`` that has not
+    finished its handshake ``timeout`` seconds after it was accepted.
+
+    ``server`` is what picows' ``ws_create_server`` returned with ``ssl=``: aiofastnet's
+    ``Server``, which calls ``_attach(transport)`` for every accepted connection as soon
+    as its TLS handshake starts. Returns False (and logs) if that hook is not there, in
+    which case aiofastnet's own timeout applies, uncounted.
+    """
+    attach = getattr(server, "_attach", None)
+    if attach is None or not callable(attach):
+        logger.warning("TLS handshake timeouts will not be counted: unexpected server type %s",
+                       type(server).__name__)
+        return False
+    loop = asyncio.get_running_loop()
+
+    def check(ref: weakref.ref[Any]) -> None:
+        transport = ref()
+        if transport is None or transport.is_closing():
+            return  # gone already: finished and closed, or failed before the deadline
+        if transport.get_extra_info("cipher") is None:  # set when the handshake completes
+            on_timeout()
+            transport.abort()
+
+    def attach_and_watch(transport: Any) -> Any:
+        loop.call_later(timeout, check, weakref.ref(transport))  # aiofastnet keeps them in a WeakSet too
+        return attach(transport)
+
+    server._attach = attach_and_watch
+    return True

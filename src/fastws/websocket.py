@@ -1,56 +1,147 @@
-"""``WebSocketComponent``: the drop-in stream component that broadcasts its input."""
+"""``WebSocketComponent``: the drop-in stream component that broadcasts its input.
+
+A drop-in for autocoder_cc's ``WebSocketComponent`` (docs/dropin.md): the same
+constructor, config keys, lifecycle, reports and attributes, on fastws' server.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import anyio
 
-from ._core import encode_frame
+from ._core import Client, encode_frame
 from .component import ComposedComponent
-from .config import ServerConfig
+from .config import SERVER_KEY_DOCS, ConfigRequirement, ServerConfig, config_requirements
+from .encoding import fallback_encode
 from .exceptions import EncodeError
 from .pacing import Pacer
 from .server import Server
 
-__all__ = ["WebSocketComponent"]
+__all__ = ["ClientsView", "WebSocketComponent"]
+
+
+def _check_encodable(item: Any) -> None:
+    """Raise :class:`EncodeError` if a running server would refuse ``item``."""
+    try:
+        encode_frame(item)
+    except Exception as exc:
+        if isinstance(item, str):  # sent verbatim: only a lone surrogate fails
+            raise EncodeError(f"cannot send str as a text frame: {exc}") from None
+        try:
+            fallback_encode(item)  # what the server falls back to (fastws.encoding)
+        except Exception:
+            raise EncodeError(str(exc)) from None
+
+
+class ClientsView(AbstractSet[Client]):
+    """A read-only, live set of the connected clients (upstream's ``_connected_clients``)."""
+
+    __slots__ = ("_server",)
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def __contains__(self, client: object) -> bool:
+        return client in self._server.clients
+
+    def __iter__(self) -> Iterator[Client]:
+        return iter(list(self._server.clients))
+
+    def __len__(self) -> int:
+        return self._server.connection_count
+
+    def __repr__(self) -> str:
+        return f"<ClientsView of {len(self)} clients>"
 
 
 class WebSocketComponent(ComposedComponent):
     """Broadcast every item of the first input stream to every connected client.
 
-    For each item, every output receives
-    ``{"broadcast_to": <clients sent to>, "disconnected": <clients dropped>, "message": item}``.
-    Items that are waiting in the input together are broadcast together: each client
-    gets them in one write, and each gets its own report (``broadcast_to`` is the
-    same for all of them; clients dropped in that write count in the first report).
+    For each item, every output receives one report, in input order:
+    ``{"broadcast_to": n, "disconnected": d, "message": item}`` where ``n`` is the
+    number of clients the item was queued to and ``d`` the clients that left the
+    server since the previous report (docs/dropin.md, "What the counts mean"). An
+    item that cannot be sent gets ``{"error": reason, "broadcast_to": 0,
+    "disconnected": 0, "message": item}``; the items around it go out.
+
+    Items broadcast in the same loop turn (a batch from the input, or several
+    ``process_item`` calls without a yield between them) reach each client in one write.
     """
 
-    def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
+    Config = ServerConfig
+    READS_ALL_INPUTS = False
+    REQUIRED_DEPENDENCIES = ("picows", "msgspec", "uvloop", "anyio")
+    settings: ServerConfig
+
+    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(name, config)
-        self.server_config = ServerConfig.from_dict(self.config, path=f"{name}.config")
-        self.server = Server(self.server_config)
+        self.server_config: ServerConfig = self.settings
+        self.server = Server(self.settings)
+        #: Items that got an error report.
         self.broadcast_errors = 0
+        self._disconnects_seen = 0
+        self._cleaned_up = False
+        self._stopped: anyio.Event | None = None  # made in process(), inside the event loop
+        rate = self.settings.broadcast_rate_limit
+        self._pacer = Pacer(rate) if rate is not None else None  # slows the input down, drops nothing
+        self.max_batch = min(self.settings.max_batch, self._pacer.max_batch if self._pacer else self.settings.max_batch)
+        self._connected_clients = ClientsView(self.server)
+        if self.config.get("require_auth") or self.config.get("jwt_secret"):
+            self.logger.warning(
+                "%s.config: require_auth/jwt_secret are not enforced (nor were they by the original "
+                "component); set auth: {jwt_secret: ...} to require tokens",
+                name,
+            )
 
     @classmethod
-    def validate_config(cls, config: dict[str, Any] | None, path: str = "config") -> None:
-        """Raise :class:`fastws.ConfigError` naming ``path.key`` for a bad config."""
-        ServerConfig.from_dict(config, path=path)
+    def get_config_requirements(cls) -> list[ConfigRequirement]:
+        return config_requirements(ServerConfig, SERVER_KEY_DOCS)
 
-    @classmethod
-    def get_required_config_fields(cls) -> list[str]:
-        return []
+    # -- the original's attributes -------------------------------------------------------
 
-    @classmethod
-    def get_required_dependencies(cls) -> list[str]:
-        return ["picows", "msgspec", "uvloop", "anyio"]
+    @property
+    def host(self) -> str:
+        return self.settings.host
 
-    @classmethod
-    def get_config_requirements(cls) -> dict[str, Any]:
-        defaults = ServerConfig()
-        return {"required": [], "optional": {k: getattr(defaults, k) for k in ServerConfig.keys()}}
+    @property
+    def port(self) -> int:
+        """The configured port; once started, the bound one (useful with ``port: 0``)."""
+        return self.server.port
 
-    # -- server ------------------------------------------------------------------------
+    @property
+    def max_connections(self) -> int:
+        return self.settings.max_connections
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.settings.heartbeat_interval
+
+    @property
+    def connected_clients(self) -> ClientsView:
+        """The connected clients: a read-only live set (``len()``, ``in``, iteration)."""
+        return self._connected_clients
+
+    @property
+    def connection_count(self) -> int:
+        return self.server.connection_count
+
+    # -- lifecycle: the server runs from setup() (or start()) to cleanup() (or stop()) --------
+
+    async def setup(self, harness_context: Any = None) -> None:
+        self._cleaned_up = False
+        await self.server.start()
+        await super().setup(harness_context)
+
+    async def cleanup(self) -> None:
+        """Stop the server: clients get CLOSE 1001 and the port is released. Safe twice."""
+        self._cleaned_up = True
+        if self._stopped is not None:
+            self._stopped.set()
+        await self.server.stop()
+        await super().cleanup()
 
     async def start_server(self) -> None:
         await self.server.start()
@@ -58,113 +149,103 @@ class WebSocketComponent(ComposedComponent):
     async def stop_server(self) -> None:
         await self.server.stop()
 
-    async def start(self) -> None:
-        await super().start()
-        await self.start_server()
+    # -- broadcasting ----------------------------------------------------------------------
 
-    async def stop(self) -> None:
-        await self.stop_server()
-        await super().stop()
+    def _disconnected(self) -> int:
+        """Clients that left the server since the previous report."""
+        total = self.server.disconnect_count
+        if total < self._disconnects_seen:  # the server was restarted: its count too
+            self._disconnects_seen = 0
+        gone, self._disconnects_seen = total - self._disconnects_seen, total
+        return gone
 
-    @property
-    def port(self) -> int:
-        return self.server.port
+    def _report(self, item: Any, outcome: int | Exception) -> dict[str, Any]:
+        if isinstance(outcome, Exception):
+            self.broadcast_errors += 1
+            self.record_error(str(outcome))
+            if isinstance(outcome, EncodeError):
+                self.logger.error("%s: item not broadcast: %s", self.name, outcome)
+            else:
+                self.logger.error("%s: item not broadcast: %r", self.name, outcome, exc_info=outcome)
+            return {"error": str(outcome), "broadcast_to": 0, "disconnected": 0, "message": item}
+        self.increment_processed()
+        return {"broadcast_to": outcome, "disconnected": self._disconnected(), "message": item}
 
-    @property
-    def connection_count(self) -> int:
-        return self.server.connection_count
-
-    # -- processing ----------------------------------------------------------------------
-
-    async def process_item(self, item: Any) -> dict[str, Any]:
-        return self._broadcast([item])[0]
+    def _publish(self, items: list[Any]) -> list[int | Exception]:
+        """One outcome per item: the clients it was queued to, or why it was not sent."""
+        if self.server.is_serving:
+            try:
+                return list(self.server.broadcast_many(items))
+            except Exception as exc:  # not about one item: every item gets the error
+                return [exc] * len(items)
+        out: list[int | Exception] = []
+        for item in items:  # not serving: report what could not be serialized anyway
+            try:
+                _check_encodable(item)
+            except EncodeError as exc:
+                out.append(exc)
+            else:
+                out.append(0)
+        return out
 
     def _broadcast(self, items: list[Any]) -> list[dict[str, Any]]:
-        """Publish ``items`` and write them to every client in one flush."""
-        hub = self.server.hub
-        # workers/backplane (docs/reference.md): encoded once, to the other nodes and/or the workers
-        relay = self.server.backplane is not None or self.server.workers is not None
-        errors: dict[int, str] = {}
-        for i, item in enumerate(items):
-            try:
-                if relay:
-                    self.server.broadcast(item)
-                elif hub is not None:
-                    hub.publish(item)
-                else:  # the server is not running: still report what cannot be serialized
-                    encode_frame(item)
-            except EncodeError as exc:
-                errors[i] = str(exc)
-                self.broadcast_errors += 1
-                self.record_error(str(exc))
-                self.logger.error("%s: item not broadcast: %s", self.name, exc)
-        sent = gone = 0
-        if self.server.workers is not None:
-            sent = self.server.flush()  # the clients of all workers, as counted at the handshake
-        elif hub is not None:
-            sent = hub.flush()
-            gone = hub.last_disconnected
-        results = []
-        for i, item in enumerate(items):
-            if i in errors:
-                results.append({"error": errors[i], "broadcast_to": 0, "disconnected": 0, "message": item})
-            else:
-                results.append({"broadcast_to": sent, "disconnected": gone, "message": item})
-                gone = 0
-        return results
+        """Broadcast ``items`` now (no await); one report each, in order."""
+        return [self._report(item, outcome) for item, outcome in zip(items, self._publish(items), strict=True)]
+
+    def broadcast(self, item: Any) -> dict[str, Any]:
+        """Broadcast one item now (no await) and return its report."""
+        server = self.server
+        if not server.is_serving:
+            return self._broadcast([item])[0]
+        try:
+            queued = server.broadcast(item)
+        except Exception as exc:
+            return self._report(item, exc)
+        self._status.items_processed += 1
+        total = server.disconnect_count
+        gone = total - self._disconnects_seen if total >= self._disconnects_seen else total
+        self._disconnects_seen = total
+        return {"broadcast_to": queued, "disconnected": gone, "message": item}
+
+    async def process_item(self, item: Any) -> dict[str, Any]:
+        """Broadcast ``item`` and return its report, without waiting for the write.
+
+        Calls made in the same loop turn are written to each client together.
+        """
+        return self.broadcast(item)
 
     async def process(self) -> None:
-        """Broadcast the first input stream until it ends, then close the outputs."""
-        if type(self).process_item is not WebSocketComponent.process_item:
-            return await super().process()  # a subclass changed the per-item behaviour
-        stream = next(iter(self.receive_streams.values()), None)
-        max_batch = self.server_config.max_batch
-        rate = self.server_config.broadcast_rate_limit
-        pacer = Pacer(rate) if rate is not None else None  # slows the input down, drops nothing
-        if pacer is not None:
-            max_batch = min(max_batch, pacer.max_batch)
+        """Broadcast the first input until it ends. With no input bound, serve until
+        :meth:`cleanup` (or :meth:`stop`): clients can connect, and
+        :meth:`process_item` / :meth:`broadcast` called by other code reach them."""
+        if self.first_input() is not None:
+            return await super().process()
+        self._stopped = anyio.Event()
         try:
-            if stream is None:
-                return
-            async with stream:
-                ended = False
-                while not ended:
-                    try:
-                        batch = [await stream.receive()]
-                    except anyio.EndOfStream:
-                        break
-                    # take what is already waiting, so that it goes out in one write
-                    while len(batch) < max_batch:
-                        try:
-                            batch.append(stream.receive_nowait())
-                        except anyio.WouldBlock:
-                            break
-                        except anyio.EndOfStream:
-                            ended = True
-                            break
-                    if pacer is not None:
-                        await pacer.wait(len(batch))
-                    try:
-                        results = self._broadcast(batch)
-                    except Exception as exc:  # not an encoding problem: keep serving
-                        self.record_error(f"broadcast failed: {exc!r}")
-                        self.logger.exception("%s: broadcast of %d items failed", self.name, len(batch))
-                        continue
-                    for result in results:
-                        self.increment_processed()
-                        await self.send_to_outputs(result)
+            if not self._cleaned_up:
+                await self._stopped.wait()
         finally:
             await self.close_outputs()
 
-    async def health_check(self) -> dict[str, Any]:
+    async def process_batch(self, batch: list[Any]) -> None:
+        if type(self).process_item is not WebSocketComponent.process_item:
+            return await super().process_batch(batch)  # a subclass changed the per-item behaviour
+        if self._pacer is not None:
+            await self._pacer.wait(len(batch))
+        await self.emit(self._broadcast(batch))
+
+    # -- health ------------------------------------------------------------------------------
+
+    def get_health_status(self) -> dict[str, Any]:
+        health = super().get_health_status()
         stats = self.server.stats()
-        return {
-            "status": "healthy" if self.server.is_serving else "stopped",
-            "component": type(self).__name__,
-            "name": self.name,
-            "connections": stats["connections"],
-            "max_connections": self.server_config.max_connections,
-            "processed": self.processed_count,
-            "errors": self.error_count,
-            "stats": stats,
-        }
+        if health["status"] == "healthy" and not self.server.is_serving:
+            health["status"] = "stopped"
+        health.update(
+            connections=stats["connections"],
+            max_connections=self.max_connections,
+            broadcast_errors=self.broadcast_errors,
+            stats=stats,
+        )
+        return health
+

@@ -36,15 +36,17 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
 from .config import ServerConfig
 from .exceptions import ServerError
+from .fdlimit import check_fd_limit
 from .frames import split_frames
 
-__all__ = ["WorkerPool", "ConnectionSlots", "WorkerServer", "resolve_workers", "worker_main"]
+__all__ = ["WorkerPool", "ConnectionSlots", "WorkerServer", "LogSetup", "resolve_workers", "worker_main",
+           "GAUGES"]
 
 logger = logging.getLogger("fastws.workers")
 
@@ -54,6 +56,45 @@ STATS_INTERVAL = 0.5
 MAX_WORKER_BACKLOG = 64 * 1024 * 1024
 #: Seconds a worker has to start listening.
 START_TIMEOUT = 20.0
+#: Keys of a worker's stats that are levels, not counters: not carried over when it exits.
+GAUGES = frozenset({"connections", "dropping_clients", "uptime"})
+#: Disconnect reason of the clients a worker had when it exited.
+WORKER_EXIT = "worker_exit"
+
+
+class LogSetup(NamedTuple):
+    """The parent's logging, repeated in each worker process."""
+
+    level: int  #: root level
+    levels: dict[str, int]  #: loggers the parent gave a level of their own (e.g. ``fastws.picows``)
+
+
+def log_setup(level: int | None = None) -> LogSetup | None:
+    """The logging of this process (``None`` if it has no handler), for :func:`worker_main`."""
+    root = logging.getLogger()
+    if level is None:
+        if not root.handlers:
+            return None
+        level = root.getEffectiveLevel()
+    levels = {
+        name: lg.level for name, lg in list(logging.Logger.manager.loggerDict.items())
+        if isinstance(lg, logging.Logger) and lg.level != logging.NOTSET
+    }
+    return LogSetup(level, levels)
+
+
+def _add_counters(total: dict[str, Any], stats: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
+    """Add the numbers of ``stats`` (one level of dicts deep) into ``total``."""
+    for k, v in stats.items():
+        if isinstance(v, bool) or k in skip:
+            continue
+        if isinstance(v, (int, float)):
+            total[k] = total.get(k, 0) + v
+        elif isinstance(v, dict):
+            d = total.setdefault(k, {})
+            for kk, vv in v.items():
+                if isinstance(vv, (int, float)) and not isinstance(vv, bool):
+                    d[kk] = d.get(kk, 0) + vv
 
 
 def resolve_workers(value: int | str) -> int:
@@ -161,7 +202,7 @@ class WorkerPool:
         config: ServerConfig,
         n: int,
         *,
-        target: Callable[[ServerConfig, int, socket.socket, ConnectionSlots, int | None], None],
+        target: Callable[[ServerConfig, int, socket.socket, ConnectionSlots, LogSetup | None], None],
         encode: Callable[[Any], bytes],
         log_level: int | None = None,
     ) -> None:
@@ -182,10 +223,10 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._respawns: set[asyncio.Task[None]] = set()
         self.slots = ConnectionSlots(self._ctx, n, config.max_connections)
-        if log_level is None:
-            root = logging.getLogger()
-            log_level = root.getEffectiveLevel() if root.handlers else None
-        self._log_level = log_level
+        # each worker logs as this process does: a connection logs what it logs with one process
+        self._log_setup = log_setup(log_level)
+        # counters of workers that exited, so that the totals never go backwards (see stats())
+        self._retired: dict[str, Any] = {"disconnects": 0, "disconnect_reasons": {WORKER_EXIT: 0}}
         self.messages = 0
         self.frames_dropped = 0
 
@@ -193,6 +234,8 @@ class WorkerPool:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # raised here, the limit is inherited by every worker; warn once here, not in each
+        check_fd_limit(self.config.max_connections)
         self._hold_port()
         c = self.config
         self._worker_config = msgspec.structs.replace(
@@ -232,7 +275,7 @@ class WorkerPool:
         w.ready = self._loop.create_future()
         p = self._ctx.Process(
             target=self._target,
-            args=(self._worker_config, w.index, child_sock, self.slots, self._log_level),
+            args=(self._worker_config, w.index, child_sock, self.slots, self._log_setup),
             name=f"fastws-worker-{w.index}",
             daemon=True,
         )
@@ -253,17 +296,35 @@ class WorkerPool:
         if w.transport is not None:
             w.transport.close()
             w.transport = None
-        self.slots.reset(w.index)
+        lost = self._retire(w)
         if self._stopping:
             return
         ran = time.monotonic() - w.started
         delay = 0.0 if ran > 10 else min(5.0, 0.1 * 2 ** min(self.restarts, 6))
-        logger.warning("worker %d (pid %s) exited with code %s after %.1fs; starting a replacement",
-                       w.index, p.pid, p.exitcode, ran)
+        logger.warning("worker %d (pid %s) exited with code %s after %.1fs with %d clients (counted as "
+                       "disconnects, reason worker_exit); starting a replacement", w.index, p.pid, p.exitcode,
+                       ran, lost)
         self.restarts += 1
         task = self._loop.create_task(self._respawn(w, delay))
         self._respawns.add(task)
         task.add_done_callback(self._respawns.discard)
+
+    def _retire(self, w: _Worker) -> int:
+        """Keep the counters of a worker that exited; its clients count as disconnects.
+
+        Its last report (at most ``STATS_INTERVAL`` old) is added to the totals, so a
+        replacement that starts from zero never makes a counter go backwards. Returns
+        the number of clients it had (its slots, given back).
+        """
+        lost = int(self.slots.counts[w.index])
+        self.slots.reset(w.index)
+        _add_counters(self._retired, w.stats, GAUGES)
+        w.stats = {}
+        if lost > 0:
+            self._retired["disconnects"] = self._retired.get("disconnects", 0) + lost
+            reasons = self._retired.setdefault("disconnect_reasons", {})
+            reasons[WORKER_EXIT] = reasons.get(WORKER_EXIT, 0) + lost
+        return lost
 
     async def _respawn(self, w: _Worker, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -360,8 +421,10 @@ class WorkerPool:
 
     @property
     def disconnect_count(self) -> int:
-        """Clients that left, over all workers (as of their last report)."""
-        return sum(int(w.stats.get("disconnects", 0)) for w in self._workers)
+        """Clients that left, over all workers (as of their last report), including the
+        clients of workers that exited (monotonic)."""
+        return int(self._retired.get("disconnects", 0)) + sum(int(w.stats.get("disconnects", 0))
+                                                               for w in self._workers)
 
     @property
     def pids(self) -> list[int | None]:
@@ -370,17 +433,9 @@ class WorkerPool:
     def stats(self) -> dict[str, Any]:
         """The workers' counters added up (as of their last report), and each worker's."""
         total: dict[str, Any] = {}
+        _add_counters(total, self._retired)  # workers that exited: counters stay monotonic
         for w in self._workers:
-            for k, v in w.stats.items():
-                if isinstance(v, bool) or k in ("uptime",):
-                    continue
-                if isinstance(v, (int, float)):
-                    total[k] = total.get(k, 0) + v
-                elif isinstance(v, dict):
-                    d = total.setdefault(k, {})
-                    for kk, vv in v.items():
-                        if isinstance(vv, (int, float)) and not isinstance(vv, bool):
-                            d[kk] = d.get(kk, 0) + vv
+            _add_counters(total, w.stats, frozenset({"uptime"}))
         total["connections"] = self.slots.total()
         total["messages"] = self.messages
         total.update(
@@ -442,11 +497,13 @@ class _WorkerSide(asyncio.Protocol):
 
 
 def worker_main(make_server: Callable[[ServerConfig, ConnectionSlots], WorkerServer], config: ServerConfig,
-                index: int, sock: socket.socket, slots: ConnectionSlots, log_level: int | None) -> None:
+                index: int, sock: socket.socket, slots: ConnectionSlots, log: LogSetup | None) -> None:
     """The body of a worker process: serve ``make_server(config, slots)`` until the parent says stop."""
-    if log_level is not None:
-        logging.basicConfig(level=log_level,
+    if log is not None:
+        logging.basicConfig(level=log.level,
                             format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
+        for name, level in log.levels.items():
+            logging.getLogger(name).setLevel(level)
     # Ctrl-C reaches the whole process group: the parent decides, and sends SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     slots.index = index

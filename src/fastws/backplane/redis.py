@@ -35,9 +35,11 @@ class RedisBackplane(Backplane):
 
         # No retries inside redis-py: a PUBLISH retried after a lost reply could be
         # delivered twice. The backplane's own loop reconnects.
-        common = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0), "client_name": "fastws"}
-        self._pub = Redis.from_url(self.url, socket_timeout=5.0, **common)
-        self._sub = Redis.from_url(self.url, socket_timeout=None, **common)
+        retry = Retry(NoBackoff(), 0)
+        self._pub = Redis.from_url(self.url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=retry,
+                                   client_name="fastws")
+        self._sub = Redis.from_url(self.url, socket_timeout=None, socket_connect_timeout=2.0, retry=retry,
+                                   client_name="fastws")
         await self._pub.ping()
         self._ps = self._sub.pubsub()
         await self._ps.subscribe(self.channel)

@@ -1,33 +1,39 @@
 """The ``fastws run`` and ``fastws validate`` subcommands.
 
 ``fastws.cli`` calls :func:`register` with its ``add_subparsers()`` object.
-User errors (an invalid blueprint, a port in use) print one message per
-problem on stderr and exit with status 1; no traceback.
+User errors (an invalid blueprint, a port in use, a component that fails to
+build or start) print one line per problem on stderr and exit with status 1;
+no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import msgspec.yaml
 
+from fastws._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, plural, url
 from fastws.blueprint.runner import System
+from fastws.blueprint.schema import BlueprintError, ComponentError
 from fastws.exceptions import ConfigError, FastWSError
+from fastws.loop import run as run_loop
 
-__all__ = ["main", "register", "run_command", "validate_command"]
+__all__ = ["main", "parse_overrides", "register", "run_command", "validate_command"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 
 
-def register(subparsers: Any) -> None:
-    """Add ``run`` and ``validate`` to an argparse subparsers object."""
+def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Add ``run`` and ``validate`` to an argparse subparsers object.
+
+    ``add_common(parser)`` adds the options every subcommand takes (``--log-level``).
+    """
     run = subparsers.add_parser(
         "run",
         help="run a blueprint (a system of components)",
@@ -39,7 +45,7 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--loop",
         default="auto",
-        choices=["auto", "asyncio", "uvloop"],
+        choices=LOOPS,
         help="event loop: uvloop when installed (auto), or the asyncio default",
     )
     run.set_defaults(func=run_command)
@@ -47,11 +53,20 @@ def register(subparsers: Any) -> None:
     validate = subparsers.add_parser(
         "validate",
         help="check a blueprint without running it",
-        description="Check SYSTEM.yaml: syntax, schema, component types and configs, bindings.",
+        description="Check SYSTEM.yaml: syntax, schema, component types and configs, bindings. "
+        "Every problem is reported, one line each.",
     )
     validate.add_argument("blueprint", metavar="SYSTEM.yaml", help="blueprint file")
     _add_set_option(validate)
+    validate.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat warnings (unknown keys in a component config) as errors",
+    )
     validate.set_defaults(func=validate_command)
+    if add_common is not None:
+        add_common(run)
+        add_common(validate)
 
 
 def _add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -65,37 +80,67 @@ def _add_set_option(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["ws.port=0", "src.data_count=null"]`` -> ``{"ws": {"port": 0}, "src": {"data_count": None}}``."""
+    """``["ws.port=0", "src.data_count=null"]`` -> ``{"ws": {"port": 0}, "src": {"data_count": None}}``.
+
+    VALUE is YAML; text that is not valid YAML (``x=[``) is an error, not a string:
+    quote it (``x='"["'``) to mean the text.
+    """
     overrides: dict[str, dict[str, Any]] = {}
     for item in items:
         target, eq, raw = item.partition("=")
         comp, dot, key = target.rpartition(".")
         if not eq or not dot or not comp or not key:
-            raise ConfigError(f"--set {item!r}: expected COMPONENT.KEY=VALUE")
+            raise ConfigError(f"--set {item}: expected COMPONENT.KEY=VALUE")
         try:
             value = msgspec.yaml.decode(raw) if raw.strip() else ""
-        except msgspec.DecodeError:
-            value = raw
+        except msgspec.DecodeError as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else "invalid"
+            raise ConfigError(
+                f"--set {item}: VALUE is not valid YAML ({problem}); quote it to pass it as text"
+            ) from None
         overrides.setdefault(comp, {})[key] = value
     return overrides
 
 
-def _load(args: argparse.Namespace) -> System:
-    return System.from_yaml(args.blueprint, overrides=parse_overrides(args.set))
+def _load(args: argparse.Namespace, strict: bool = False) -> System:
+    return System.from_yaml(args.blueprint, overrides=parse_overrides(args.set), strict=strict)
+
+
+def _set_blamed(line: str) -> str:
+    """``overrides: ws.port=x: ...`` (the runner's words) -> ``--set ws.port=x: ...`` (the user's)."""
+    if not line.startswith("overrides: "):
+        return line
+    rest = line[len("overrides: "):]
+    return f"--set {rest}" if "=" in rest.partition(": ")[0] else f"--set: {rest}"
 
 
 def _fail(exc: BaseException) -> int:
-    print(f"error: {exc}", file=sys.stderr)
+    for warning in exc.warnings if isinstance(exc, BlueprintError) else ():
+        print(f"warning: {_set_blamed(warning)}", file=sys.stderr)
+    lines = exc.errors if isinstance(exc, BlueprintError) else [describe_error(exc)]
+    for line in lines:
+        print(f"error: {_set_blamed(line)}", file=sys.stderr)
     return EXIT_ERROR
 
 
 def validate_command(args: argparse.Namespace) -> int:
+    strict = bool(getattr(args, "strict", False))
+    # validate reports each problem itself, once; a component class that also logs what it
+    # ignores (an unknown key) would say it a second time
+    logging.disable(logging.WARNING)
     try:
-        system = _load(args)
+        system = _load(args, strict)
     except ConfigError as exc:
         return _fail(exc)
+    finally:
+        logging.disable(logging.NOTSET)
+    for warning in system.warnings:
+        print(f"warning: {_set_blamed(warning)}", file=sys.stderr)
+    n = len(system.blueprint.system.components)
+    notes = f"; {plural(len(system.warnings), 'warning')}" if system.warnings else ""
     print(
-        f"{args.blueprint}: OK (system {system.name!r}: {len(system.blueprint.system.components)} components, {len(system.edges)} streams)"
+        f"{args.blueprint}: OK (system {system.name!r}: {plural(n, 'component')}, "
+        f"{plural(len(system.edges), 'stream')}{notes})"
     )
     return EXIT_OK
 
@@ -105,19 +150,21 @@ def _configure_logging(level: str) -> None:
     if logging.getLogger().handlers:
         return
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hide_listening_log()
 
 
-def _run_loop(coro: Any, loop: str) -> None:
-    if loop in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if loop == "uvloop":
-                raise
-        else:
-            uvloop.run(coro)
-            return
-    asyncio.run(coro)
+def announce(system: System) -> None:
+    """Print the ``ws://`` address (and the page's) of each WebSocket component of ``system``."""
+    for name, comp in system.components.items():
+        config = getattr(comp, "server_config", None)
+        port = getattr(comp, "port", None)
+        if config is None or not isinstance(port, int):
+            continue
+        tls = config.ssl is not None
+        line = f"fastws: {name}: serving on {url('wss' if tls else 'ws', config.host, port)}"
+        if config.page:
+            line += f", live page on {url('https' if tls else 'http', config.host, port, config.page_path)}"
+        print(line, file=sys.stderr, flush=True)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -127,7 +174,12 @@ def run_command(args: argparse.Namespace) -> int:
         return _fail(exc)
     _configure_logging(getattr(args, "log_level", "INFO"))
     try:
-        _run_loop(system.run(), getattr(args, "loop", "auto"))
+        run_loop(system.run(on_started=announce), getattr(args, "loop", "auto"))
+    except ComponentError as exc:
+        cause = describe_error(exc.error)
+        print(f"error: component {exc.component!r} ({exc.type_name}): {exc.stage} failed: {cause}",
+              file=sys.stderr)
+        return EXIT_ERROR
     except (FastWSError, OSError) as exc:
         return _fail(exc)
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
@@ -141,9 +193,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point (``python -m fastws.blueprint.cli run SYSTEM.yaml``)."""
-    parser = argparse.ArgumentParser(prog="fastws")
+    parser = Parser(prog="fastws")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
     return int(args.func(args))
 
 

@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +36,13 @@ from fastws.blueprint.schema import (
     BindingSpec,
     BlueprintError,
     BlueprintFile,
+    ComponentError,
+    check_component_config,
     convert_blueprint,
     decode_blueprint,
     load_blueprint,
 )
-from fastws.component import ComposedComponent
+from fastws.component import ComponentStatus, ComposedComponent
 from fastws.components import resolve_component_type
 from fastws.exceptions import ConfigError
 
@@ -208,27 +210,25 @@ class _Plan:
     configs: dict[str, dict[str, Any]]
     types: dict[str, str]
     edges: list[Edge]
+    warnings: list[str]
 
 
-def _input_spec(cls: type[ComposedComponent], config: dict[str, Any]) -> tuple[tuple[str, ...] | None, bool]:
-    """(fixed input port names or None, True if it reads only one input port)."""
-    ports_fn = getattr(cls, "input_ports", None)
-    fixed = ports_fn(config) if callable(ports_fn) else getattr(cls, "INPUT_PORTS", None)
-    if fixed is not None:
-        fixed = tuple(fixed)
-    reads_all = bool(getattr(cls, "READS_ALL_INPUTS", False)) or (fixed is not None and len(fixed) > 1)
-    from fastws.components._base import BuiltinComponent
+def _validate(
+    bp: BlueprintFile,
+    source: str,
+    strict: bool = False,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> _Plan:
+    """Check the blueprint against the component contract (:mod:`fastws.component`).
 
-    single = not reads_all and (
-        issubclass(cls, BuiltinComponent)
-        or cls.process is ComposedComponent.process
-        or cls.__name__ == "WebSocketComponent"
-    )
-    return fixed, single
-
-
-def _validate(bp: BlueprintFile, source: str) -> _Plan:
-    errors: list[str] = []
+    Unknown config keys are warnings (``strict``: errors); everything else that is
+    wrong is an error. All errors are raised together in one :class:`BlueprintError`:
+    every bad key of every component, and the bindings even where a config is bad. A problem
+    caused by ``overrides`` (``--set``) is blamed on the override, not on the file.
+    """
+    errors: list[str] = []  # "where: why"; the source is put in front at the end
+    placed = "\0"  # marks an error that names its own origin (the source, or the override that caused it)
+    warnings: list[str] = []
     spec = bp.system
     classes: dict[str, type[ComposedComponent]] = {}
     configs: dict[str, dict[str, Any]] = {}
@@ -252,18 +252,14 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
         except ConfigError as exc:
             errors.append(str(exc))
             continue
-        validate = getattr(cls, "validate_config", None)
-        if callable(validate):
-            try:
-                validate(comp.config, f"{where}.config")
-            except ConfigError as exc:
-                errors.append(str(exc))
-                continue
-            except (ValueError, TypeError) as exc:
-                errors.append(f"{where}.config: {exc}")
-                continue
+        # every bad key, not only the first; the bindings below are still checked
+        config_errors, notes, usable = check_component_config(cls, comp.config, f"{where}.config")
+        given = (overrides or {}).get(comp.name, {})
+        refused = (*config_errors, *notes) if strict else config_errors
+        errors.extend(placed + p.blamed(source, comp.name, given) for p in refused)
+        warnings.extend(p.blamed(source, comp.name, given) for p in (() if strict else notes))
         classes[comp.name] = cls
-        configs[comp.name] = comp.config
+        configs[comp.name] = usable
         types[comp.name] = comp.type
 
     edges: list[Edge] = []
@@ -289,11 +285,12 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
                 errors.append(f"bindings[{i}]: component {fc!r} is bound to itself")
                 continue
             from_cls, to_cls = classes[fc], classes[tc]
-            out_ports = getattr(from_cls, "OUTPUT_PORTS", None)
+            out_ports = from_cls.output_ports(configs[fc])
             if out_ports is not None and fp not in out_ports:
                 errors.append(_no_port(_port_field(ffield), fc, types[fc], "output", fp, out_ports))
                 continue
-            fixed, single = _input_spec(to_cls, configs[tc])
+            fixed = to_cls.input_ports(configs[tc])
+            single = not to_cls.reads_all_inputs(configs[tc])
             if fixed is not None and tp not in fixed:
                 errors.append(_no_port(_port_field(tfield), tc, types[tc], "input", tp, fixed))
                 continue
@@ -315,8 +312,8 @@ def _validate(bp: BlueprintFile, source: str) -> _Plan:
             used.setdefault(tp, i)
             edges.append(Edge(fc, fp, tc, tp, buffer, i))
     if errors:
-        raise BlueprintError([f"{source}: {e}" for e in errors])
-    return _Plan(classes, configs, types, edges)
+        raise BlueprintError([e[1:] if e.startswith(placed) else f"{source}: {e}" for e in errors], warnings)
+    return _Plan(classes, configs, types, edges, warnings)
 
 
 def _no_port(field: str, comp: str, type_name: str, kind: str, port: str, ports: tuple[str, ...]) -> str:
@@ -341,9 +338,10 @@ def _apply_overrides(bp: BlueprintFile, overrides: Mapping[str, Mapping[str, Any
     return msgspec.structs.replace(bp, system=msgspec.structs.replace(bp.system, components=new_components))
 
 
-def validate_blueprint(bp: BlueprintFile, source: str = "<blueprint>") -> list[Edge]:
-    """Check a decoded blueprint; return its resolved edges or raise :class:`BlueprintError`."""
-    return _validate(bp, source).edges
+def validate_blueprint(bp: BlueprintFile, source: str = "<blueprint>", *, strict: bool = False) -> list[Edge]:
+    """Check a decoded blueprint; return its resolved edges or raise :class:`BlueprintError`
+    (``strict``: unknown config keys are errors too)."""
+    return _validate(bp, source, strict).edges
 
 
 # -- the system ---------------------------------------------------------------------------
@@ -364,10 +362,13 @@ class System:
         *,
         source: str = "<blueprint>",
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> None:
         self.blueprint = _apply_overrides(blueprint, overrides)
         self.source = source
-        self._plan = _validate(self.blueprint, source)
+        self._plan = _validate(self.blueprint, source, strict, overrides)
+        #: Problems that do not stop the system (unknown config keys), one line each.
+        self.warnings: list[str] = self._plan.warnings
         self.name = self.blueprint.system.name
         self.edges = self._plan.edges
         #: Components by name, in blueprint order (built by :meth:`build`).
@@ -383,9 +384,13 @@ class System:
 
     @classmethod
     def from_yaml(
-        cls, path: str | os.PathLike[str], *, overrides: Mapping[str, Mapping[str, Any]] | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> System:
-        return cls(load_blueprint(path), source=os.fspath(path), overrides=overrides)
+        return cls(load_blueprint(path), source=os.fspath(path), overrides=overrides, strict=strict)
 
     @classmethod
     def from_string(
@@ -394,8 +399,9 @@ class System:
         *,
         source: str = "<string>",
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> System:
-        return cls(decode_blueprint(text, source), source=source, overrides=overrides)
+        return cls(decode_blueprint(text, source), source=source, overrides=overrides, strict=strict)
 
     @classmethod
     def from_dict(
@@ -404,8 +410,9 @@ class System:
         *,
         source: str = "<dict>",
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        strict: bool = False,
     ) -> System:
-        return cls(convert_blueprint(dict(data), source), source=source, overrides=overrides)
+        return cls(convert_blueprint(dict(data), source), source=source, overrides=overrides, strict=strict)
 
     def build(self) -> dict[str, ComposedComponent]:
         """Instantiate the components and wire the bindings (once)."""
@@ -416,9 +423,11 @@ class System:
         for comp in self.blueprint.system.components:
             cls = plan.classes[comp.name]
             try:
-                components[comp.name] = cls(comp.name, dict(plan.configs[comp.name]))
+                components[comp.name] = cls(comp.name, dict(comp.config))
             except ConfigError as exc:
                 raise BlueprintError(f"{self.source}: components[{self._index(comp.name)}]: {exc}") from None
+            except Exception as exc:
+                raise ComponentError(comp.name, comp.type, "__init__", exc) from exc
         receivers: dict[
             tuple[str, str], tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]
         ] = {}
@@ -464,7 +473,8 @@ class System:
             raise ValueError(f"component {name!r} has no bound port (is the system started?)")
         return port
 
-    def status(self) -> dict[str, dict[str, Any]]:
+    def status(self) -> dict[str, ComponentStatus]:
+        """Each component's live status (attributes, or mapping access by the same names)."""
         return {name: c.get_status() for name, c in self.components.items()}
 
     @property
@@ -486,8 +496,11 @@ class System:
             )
         self.build()
         try:
-            for comp in self.components.values():
-                await comp.start()
+            for name, comp in self.components.items():
+                try:
+                    await comp.start()
+                except Exception as exc:
+                    raise ComponentError(name, self._plan.types[name], "start()", exc) from exc
                 self._started.append(comp)
         except BaseException:
             await self._stop_components()
@@ -523,9 +536,16 @@ class System:
         self._close_streams()
         logger.info("system %r stopped", self.name)
 
-    async def run(self, *, handle_signals: bool = True) -> None:
-        """Start, run until processing is done (or SIGINT/SIGTERM), then stop."""
+    async def run(
+        self, *, handle_signals: bool = True, on_started: Callable[[System], None] | None = None
+    ) -> None:
+        """Start, run until processing is done (or SIGINT/SIGTERM), then stop.
+
+        ``on_started(system)`` is called once every component has started.
+        """
         await self.start()
+        if on_started is not None:
+            on_started(self)
         try:
             if handle_signals and threading.current_thread() is threading.main_thread():
                 async with anyio.create_task_group() as tg:
@@ -573,7 +593,11 @@ class System:
             logger.exception("system %r: component %r failed; the others go on", self.name, comp.name)
         finally:
             # Outputs closed: downstream sees the end. Inputs closed: upstream is not blocked.
-            for stream in (*comp.send_streams.values(), *comp.receive_streams.values()):
+            streams: list[ObjectSendStream[Any] | ObjectReceiveStream[Any]] = [
+                *comp.send_streams.values(),
+                *comp.receive_streams.values(),
+            ]
+            for stream in streams:
                 _close(stream)
 
     async def _stop_components(self) -> None:

@@ -19,34 +19,59 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
+import msgspec.json
 import msgspec.yaml
 
 from fastws.components._base import translate_validation_error
-from fastws.exceptions import ConfigError
+from fastws.config import FRAMEWORK_KEYS
+from fastws.exceptions import ConfigError, FastWSError
 
 __all__ = [
     "BindingSpec",
     "BlueprintError",
     "BlueprintFile",
+    "ComponentError",
     "ComponentSpec",
+    "ConfigProblem",
     "QoSSpec",
     "SystemSpec",
+    "check_component_config",
     "decode_blueprint",
     "load_blueprint",
+    "split_known",
+    "unknown_key_message",
 ]
 
 BufferSize = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class BlueprintError(ConfigError):
-    """A blueprint is invalid. ``errors`` lists every problem found, one line each."""
+    """A blueprint is invalid. ``errors`` lists every problem found, one line each;
+    ``warnings`` what was found besides (unknown keys a component would ignore)."""
 
-    def __init__(self, errors: list[str] | str) -> None:
+    def __init__(self, errors: list[str] | str, warnings: list[str] | None = None) -> None:
         self.errors = [errors] if isinstance(errors, str) else list(errors)
+        self.warnings = list(warnings or ())
         super().__init__("\n".join(self.errors))
+
+
+class ComponentError(FastWSError):
+    """A component of a system failed to be built (``__init__``) or to start (``start()``).
+
+    ``component`` is its name, ``stage`` ``"__init__"`` or ``"start()"``, ``error`` the exception.
+    """
+
+    def __init__(self, component: str, type_name: str, stage: str, error: BaseException) -> None:
+        self.component = component
+        self.type_name = type_name
+        self.stage = stage
+        self.error = error
+        super().__init__(f"component {component!r} ({type_name}): {stage} failed: {error}")
 
 
 class QoSSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -104,6 +129,110 @@ class BlueprintFile(msgspec.Struct, forbid_unknown_fields=True):
 _LINE_RE = re.compile(r'\s*in "[^"]*", line (\d+), column (\d+)')
 
 
+# -- component configs: every problem, one wording ------------------------------------------
+
+def split_known(
+    known: Iterable[str], config: Mapping[str, Any], ignore: Iterable[str] = FRAMEWORK_KEYS
+) -> tuple[dict[str, Any], list[str]]:
+    """``(the items of config whose key is known or ignored, the other keys in order)``.
+
+    (Meant for ``ServerConfig``/component configs; it may move next to them in fastws.config.)
+    """
+    known_set, ignored = set(known), set(ignore)
+    kept = {k: v for k, v in config.items() if k in known_set or k in ignored}
+    return kept, [k for k in config if k not in kept]
+
+
+def unknown_key_message(key: str, known: Iterable[str] | None) -> str:
+    """The one wording of an unknown key: ``port_: unknown key; known keys are: host, port``."""
+    if known is None:
+        return f"{key}: unknown key"
+    return f"{key}: unknown key; known keys are: {', '.join(known)}"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a component's config: ``key`` is the top-level config key (None:
+    the config as a whole), ``path`` the dotted place (``components[1].config.ssl.certfile``)."""
+
+    key: str | None
+    path: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why}"
+
+    def blamed(self, source: str, component: str, overrides: Mapping[str, Any]) -> str:
+        """The line to show: a value from ``overrides`` (``--set``) is blamed on the override
+        (``overrides: ws.port=70000: ...``), anything else on ``source``."""
+        if self.key is not None and self.key in overrides:
+            sub = self.path.partition(".config.")[2] or self.key
+            return f"overrides: {component}.{sub}={_yaml_text(overrides[self.key])}: {self.why}"
+        return f"{source}: {self.path}: {self.why}"
+
+
+def _yaml_text(value: Any) -> str:
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
+def _locate(line: str, where: str) -> tuple[str | None, str, str]:
+    """``"components[0].config.port: must be ..."`` -> ``("port", "components[0].config.port", "must be ...")``."""
+    if not line.startswith(where + "."):
+        return None, where, line.removeprefix(where + ": ")
+    path, sep, why = line.partition(": ")
+    if not sep:
+        return None, where, line
+    m = re.match(r"[^.\[]+", path[len(where) + 1 :])
+    return (m.group(0) if m else None), path, why
+
+
+def check_component_config(
+    cls: type, config: Any, where: str
+) -> tuple[list[ConfigProblem], list[ConfigProblem], dict[str, Any]]:
+    """Check a component's config and report every problem, not only the first.
+
+    Returns ``(errors, warnings, usable_config)``. ``cls.validate_config(config, where)``
+    raises :class:`ConfigError` at the first key it cannot run with, and returns its warnings
+    (an unknown key it ignores, in its own words); it is called again without each key it
+    refuses until it accepts what is left (bounded by the number of keys).
+    """
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping):
+        return [ConfigProblem(None, where, f"expected a mapping of settings, got {config!r}")], [], {}
+    errors: list[ConfigProblem] = []
+    warnings: list[ConfigProblem] = []
+    remaining = dict(config)
+    validate = getattr(cls, "validate_config", None)
+    for _ in range(len(config) + 1 if callable(validate) else 0):
+        try:
+            notes = validate(remaining, where)  # type: ignore[misc]
+        except ConfigError as exc:
+            lines = str(exc).splitlines() or [""]
+        except (ValueError, TypeError) as exc:  # raised by a user component's own validate_config
+            errors.append(ConfigProblem(None, where, str(exc)))
+            break
+        else:
+            for line in notes or ():
+                key, path, why = _locate(str(line), where)
+                warnings.append(ConfigProblem(key, path, why))
+            break
+        progressed = False
+        for line in lines:
+            key, path, why = _locate(line, where)
+            if why == "unknown field":  # msgspec's word, inside a nested struct (ssl, auth)
+                why = "unknown key"
+            errors.append(ConfigProblem(key, path, why))
+            if key is not None and key in remaining:
+                del remaining[key]
+                progressed = True
+        if not progressed:
+            break
+    order = {key: i for i, key in enumerate(config)}  # report in the order of the file
+    errors.sort(key=lambda p: order.get(p.key, -1) if p.key is not None else -1)
+    return errors, warnings, remaining
+
+
 def _yaml_error(source: str, exc: msgspec.DecodeError) -> BlueprintError:
     text = str(exc)
     positions = _LINE_RE.findall(text)
@@ -138,6 +267,8 @@ def convert_blueprint(raw: Any, source: str = "<blueprint>") -> BlueprintFile:
         return msgspec.convert(raw, type=BlueprintFile)
     except msgspec.ValidationError as exc:
         msg = _readable_path(translate_validation_error(exc, "", raw))
+        if msg.endswith(": unknown field"):
+            msg = msg.removesuffix("field") + "key"
         raise BlueprintError(f"{source}: {msg}") from None
 
 

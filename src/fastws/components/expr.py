@@ -32,9 +32,10 @@ Semantics:
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
+from fastws._paths import getter
 from fastws.exceptions import ConfigError
 
 __all__ = ["Expression", "ExpressionError", "compile_expression"]
@@ -168,33 +169,7 @@ def _error(text: str, pos: int, msg: str) -> ExpressionError:
 
 def _lookup(path: tuple[Any, ...]) -> Evaluator:
     """Return a function reading ``path`` from an item; missing steps give None."""
-
-    def get(item: Any) -> Any:
-        value = item
-        for key in path:
-            if isinstance(value, Mapping):
-                value = value.get(key, _MISSING) if isinstance(key, str) else _MISSING
-            elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-                if isinstance(key, int) and -len(value) <= key < len(value):
-                    value = value[key]
-                else:
-                    return _MISSING
-            else:
-                return _MISSING
-            if value is _MISSING:
-                return _MISSING
-        return value
-
-    if len(path) == 1:
-        key = path[0]
-
-        def get_one(item: Any) -> Any:
-            if isinstance(item, Mapping):
-                return item.get(key)
-            return get(item)
-
-        return get_one
-    return get
+    return getter(path, default=_MISSING)
 
 
 def _ordered(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import msgspec
 
-from fastws.components._base import BuiltinComponent, parse_config
+from fastws.components._base import BuiltinComponent
 from fastws.components.expr import Expression, ExpressionError
 from fastws.exceptions import ConfigError
 
@@ -43,9 +44,10 @@ class Filter(BuiltinComponent):
 
     def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
         super().__init__(name, config)
-        self.expressions = self.compile(self.settings, "config")
+        self.expressions = self.compile(self.settings, f"{name}.config")
         self.dropped_count = 0
         exprs = self.expressions
+        self._test: Callable[[Any], bool]
         if not exprs:
             self._test = lambda item: True
         elif len(exprs) == 1:
@@ -56,10 +58,10 @@ class Filter(BuiltinComponent):
             self._test = lambda item: any(e(item) for e in exprs)
 
     @classmethod
-    def validate_config(cls, config: dict[str, Any] | None, path: str = "config") -> Any:
-        settings = parse_config(FilterConfig, config, path)
-        cls.compile(settings, path)
-        return settings
+    def parse_config(cls, config: Mapping[str, Any] | None, path: str = "config") -> tuple[Any, tuple[str, ...]]:
+        settings, ignored = super().parse_config(config, path)
+        cls.compile(settings, path)  # a bad expression is a config error
+        return settings, ignored
 
     @staticmethod
     def compile(settings: FilterConfig, path: str) -> list[Expression]:

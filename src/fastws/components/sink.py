@@ -8,6 +8,7 @@ from typing import IO, Annotated, Any, Literal
 
 import anyio
 import msgspec
+from anyio.abc import ObjectReceiveStream
 
 from fastws.components._base import BuiltinComponent, receive_batches
 from fastws.exceptions import ConfigError
@@ -33,11 +34,11 @@ class SinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: Items kept in memory (``Sink.items``), in every mode; ``null`` keeps all, 0 none.
     keep_last: Annotated[int, msgspec.Meta(ge=0)] | None = 1000
 
-    def check(self, path: str) -> None:
+    def __post_init__(self) -> None:
         if self.mode == "file" and not self.path:
-            raise ConfigError(f"{path}.path: required when mode is 'file'")
+            raise ConfigError("path: required when mode is 'file'")
         if self.mode != "file" and self.path is not None:
-            raise ConfigError(f"{path}.path: only used with mode 'file' (mode is {self.mode!r})")
+            raise ConfigError(f"path: only used with mode 'file' (mode is {self.mode!r})")
 
 
 class Sink(BuiltinComponent):
@@ -58,13 +59,9 @@ class Sink(BuiltinComponent):
         self._encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
         self._arrived: anyio.Event | None = None
 
-    @classmethod
-    def input_ports(cls, config: dict[str, Any] | None = None) -> tuple[str, ...] | None:
-        return None
-
     #: A sink reads every input port, not only the first, and has no outputs.
     READS_ALL_INPUTS = True
-    OUTPUT_PORTS: tuple[str, ...] = ()
+    OUTPUT_PORTS = ()
 
     @property
     def items(self) -> list[Any]:
@@ -103,7 +100,7 @@ class Sink(BuiltinComponent):
             self._file.flush()
         self._items.extend(batch)
         self.count += len(batch)
-        self.processed_count += len(batch)
+        self.increment_processed(len(batch))
         if self._arrived is not None:
             self._arrived.set()
             self._arrived = None
@@ -114,17 +111,17 @@ class Sink(BuiltinComponent):
 
     async def process(self) -> None:
         try:
+            self.check_streams()
             async with anyio.create_task_group() as tg:
                 for stream in self.receive_streams.values():
                     tg.start_soon(self._drain, stream)
         finally:
             await self.close_outputs()
 
-    async def _drain(self, stream: Any) -> None:
+    async def _drain(self, stream: ObjectReceiveStream[Any]) -> None:
         async with stream:
-            async for batch in receive_batches(stream):
+            async for batch in receive_batches(stream, self.max_batch):
                 try:
                     self.consume(batch)
                 except Exception as exc:
-                    self.record_error(f"sink failed: {exc!r}")
-                    self.logger.exception("%s: %d item(s) failed and were skipped", self.name, len(batch))
+                    self.item_failed(exc, f"sink of {len(batch)} item(s)")

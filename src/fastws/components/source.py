@@ -6,13 +6,13 @@ import itertools
 import random
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.lowlevel
 import msgspec
 
-from fastws.components._base import BuiltinComponent, send_batch, utc_now_iso
+from fastws.components._base import BuiltinComponent, utc_now_iso
 from fastws.exceptions import ConfigError
 
 __all__ = ["Source", "SourceConfig"]
@@ -49,21 +49,19 @@ class SourceConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: Fields merged into every generated item (``{"source": "alerts"}``).
     fields: dict[str, Any] = {}
 
-    def check(self, path: str) -> None:
+    def __post_init__(self) -> None:
         if self.generator == "file" and not self.path:
-            raise ConfigError(f"{path}.path: required when generator is 'file'")
+            raise ConfigError("path: required when generator is 'file'")
         if self.generator != "file" and self.path is not None:
-            raise ConfigError(
-                f"{path}.path: only used with generator 'file' (generator is {self.generator!r})"
-            )
+            raise ConfigError(f"path: only used with generator 'file' (generator is {self.generator!r})")
         if self.generator == "metrics" and not self.metrics:
-            raise ConfigError(f"{path}.metrics: expected at least one metric name")
+            raise ConfigError("metrics: expected at least one metric name")
 
     @property
     def count(self) -> int | None:
         if self.data_count is msgspec.UNSET:
             return None if self.generator == "file" else 10
-        return self.data_count  # type: ignore[return-value]
+        return self.data_count
 
 
 class Source(BuiltinComponent):
@@ -75,7 +73,7 @@ class Source(BuiltinComponent):
     """
 
     Config = SourceConfig
-    INPUT_PORTS: ClassVar[tuple[str, ...] | None] = ()
+    INPUT_PORTS = ()
     settings: SourceConfig
 
     def items(self) -> Iterator[Any]:
@@ -130,6 +128,7 @@ class Source(BuiltinComponent):
 
     async def process(self) -> None:
         try:
+            self.check_streams()
             if not self.send_streams:
                 self.logger.warning("%s: no output is bound; nothing to emit", self.name)
                 return
@@ -153,14 +152,8 @@ class Source(BuiltinComponent):
         # Fill the output buffers without yielding; block (and let downstream run)
         # only when one is full. Downstream then finds bursts, not single items.
         for chunk in iter(lambda: list(itertools.islice(items, 256)), []):
-            for port, stream in list(self.send_streams.items()):
-                try:
-                    await send_batch(stream, chunk)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self.logger.warning("%s: output %r is closed; it receives no more items", self.name, port)
-                    del self.send_streams[port]
-                    await stream.aclose()
-            self.processed_count += len(chunk)
+            await self.emit(chunk)
+            self.increment_processed(len(chunk))
             if not self.send_streams:
                 return
         await anyio.lowlevel.checkpoint()

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
 import msgspec
+from anyio.abc import ObjectReceiveStream
 
-from fastws.components._base import BuiltinComponent, parse_config, receive_batches, utc_now_iso
-from fastws.components.expr import _lookup
+from fastws._paths import getter, split_dotted
+from fastws.components._base import BuiltinComponent, receive_batches, utc_now_iso
 
-__all__ = ["StreamProcessor", "StreamProcessorConfig"]
+__all__ = [
+    "DeduplicatingProcessor",
+    "JoiningProcessor",
+    "StreamProcessor",
+    "StreamProcessorConfig",
+    "WindowingProcessor",
+]
 
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
 PosFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -44,12 +52,13 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _key_path(key: str) -> tuple[str, ...]:
-    return tuple(key.split("."))
-
-
 class StreamProcessor(BuiltinComponent):
-    """One component, three variants (chosen by ``variant``).
+    """Stateful stream operations; ``variant`` picks one of three classes.
+
+    ``StreamProcessor(name, {"variant": "joining", ...})`` builds a
+    :class:`JoiningProcessor`, ``"windowing"`` a :class:`WindowingProcessor`,
+    ``"deduplication"`` a :class:`DeduplicatingProcessor`; each is a
+    ``StreamProcessor`` (one blueprint type name, one config struct).
 
     * ``joining`` reads ports ``left`` and ``right`` and, for each pair of items
       with equal ``join_key``, emits ``{"join_key", "left", "right", "joined_at"}``
@@ -65,75 +74,71 @@ class StreamProcessor(BuiltinComponent):
 
     Config = StreamProcessorConfig
     settings: StreamProcessorConfig
-    JOIN_PORTS: ClassVar[tuple[str, str]] = ("left", "right")
+    VARIANT: ClassVar[str] = ""
 
-    def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
-        super().__init__(name, config)
-        s = self.settings
-        self.variant = s.variant
-        # joining
-        self._join_get = _lookup(_key_path(s.join_key))
-        self._pending: dict[str, OrderedDict[Hashable, deque[Any]]] = {
-            p: OrderedDict() for p in self.JOIN_PORTS
-        }
-        self._pending_count = dict.fromkeys(self.JOIN_PORTS, 0)
-        self.unmatched_dropped = 0
-        # deduplication
-        self._dedup_get = _lookup(_key_path(s.dedup_key)) if s.dedup_key else None
-        self._seen: OrderedDict[Hashable, float] = OrderedDict()
-        self.duplicates_dropped = 0
-        self._encoder = msgspec.json.Encoder(enc_hook=str, order="sorted")
+    def __new__(cls, name: str, config: Mapping[str, Any] | None = None) -> StreamProcessor:
+        return super().__new__(cls.variant_class(config))
 
     @classmethod
-    def input_ports(cls, config: dict[str, Any] | None = None) -> tuple[str, ...] | None:
-        try:
-            variant = parse_config(StreamProcessorConfig, config).variant
-        except ValueError:
-            return None
-        return cls.JOIN_PORTS if variant == "joining" else None
+    def variant_class(cls, config: Mapping[str, Any] | None) -> type[StreamProcessor]:
+        """The class for ``config["variant"]`` (``cls`` itself if it is a variant already
+        or the variant is not valid: building it then raises the config error)."""
+        if cls is not StreamProcessor or not isinstance(config, Mapping):
+            return cls
+        return _VARIANTS.get(config.get("variant"), cls)  # type: ignore[arg-type]
+
+    @classmethod
+    def input_ports(cls, config: Mapping[str, Any] | None = None) -> tuple[str, ...] | None:
+        return cls.variant_class(config).INPUT_PORTS
+
+    @classmethod
+    def reads_all_inputs(cls, config: Mapping[str, Any] | None = None) -> bool:
+        variant = cls.variant_class(config)
+        return variant.READS_ALL_INPUTS or len(variant.INPUT_PORTS or ()) > 1
+
+    @property
+    def variant(self) -> str:
+        return self.settings.variant
+
+
+class JoiningProcessor(StreamProcessor):
+    """``variant: joining``: pairs items of ``left`` and ``right`` with equal ``join_key``."""
+
+    VARIANT = "joining"
+    INPUT_PORTS = ("left", "right")
+    READS_ALL_INPUTS = True
+
+    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(name, config)
+        self._join_get = getter(split_dotted(self.settings.join_key), default=None)
+        ports = self.INPUT_PORTS or ()
+        self._pending: dict[str, OrderedDict[Hashable, deque[Any]]] = {p: OrderedDict() for p in ports}
+        self._pending_count = dict.fromkeys(ports, 0)
+        self.unmatched_dropped = 0
 
     async def process(self) -> None:
         try:
-            if self.variant == "joining":
-                await self._process_join()
-            elif self.variant == "windowing":
-                await self._process_windows()
-            else:
-                await super().process()
+            self.check_streams()
+            async with anyio.create_task_group() as tg:
+                for port in self.INPUT_PORTS or ():
+                    stream = self.receive_streams.get(port)
+                    if stream is None:
+                        self.logger.warning("%s: join port %r is not bound; nothing will match", self.name, port)
+                        continue
+                    tg.start_soon(self._join_side, port, stream)
+            left, right = self._pending_count["left"], self._pending_count["right"]
+            if left or right:
+                self.logger.info(
+                    "%s: inputs ended with %d left and %d right item(s) unmatched", self.name, left, right
+                )
         finally:
             await self.close_outputs()
 
-    # -- joining ------------------------------------------------------------------
-
-    async def _process_join(self) -> None:
-        async with anyio.create_task_group() as tg:
-            for port in self.JOIN_PORTS:
-                stream = self.receive_streams.get(port)
-                if stream is None:
-                    self.logger.warning("%s: join port %r is not bound; nothing will match", self.name, port)
-                    continue
-                tg.start_soon(self._join_side, port, stream)
-        left = self._pending_count["left"]
-        right = self._pending_count["right"]
-        if left or right:
-            self.logger.info(
-                "%s: inputs ended with %d left and %d right item(s) unmatched", self.name, left, right
-            )
-
-    async def _join_side(self, port: str, stream: Any) -> None:
+    async def _join_side(self, port: str, stream: ObjectReceiveStream[Any]) -> None:
+        join = functools.partial(self.join, port)
         async with stream:
-            async for batch in receive_batches(stream):
-                out = []
-                for item in batch:
-                    try:
-                        joined = self.join(port, item)
-                    except Exception as exc:
-                        self.record_error(f"join failed: {exc!r}")
-                        self.logger.exception("%s: item failed and was skipped", self.name)
-                        continue
-                    self.increment_processed()
-                    if joined is not None:
-                        out.append(joined)
+            async for batch in receive_batches(stream, self.max_batch):
+                out = self.map_items(join, batch)
                 if out:
                     await self.emit(out)
 
@@ -171,16 +176,25 @@ class StreamProcessor(BuiltinComponent):
             )
         return None
 
-    # -- windowing ------------------------------------------------------------------
 
-    async def _process_windows(self) -> None:
-        stream = next(iter(self.receive_streams.values()), None)
-        if stream is None:
-            return
+class WindowingProcessor(StreamProcessor):
+    """``variant: windowing``: tumbling windows of ``window_size`` seconds, aligned to the clock."""
+
+    VARIANT = "windowing"
+    READS_ALL_INPUTS = False
+
+    async def process(self) -> None:
+        try:
+            stream = self.first_input()
+            if stream is not None:
+                await self._windows(stream)
+        finally:
+            await self.close_outputs()
+
+    async def _windows(self, stream: ObjectReceiveStream[Any]) -> None:
         size = self.settings.window_size
         window: list[Any] = []
         start = math.floor(time.time() / size) * size
-
         lock = anyio.Lock()
 
         async def advance(now: float) -> None:
@@ -202,7 +216,6 @@ class StreamProcessor(BuiltinComponent):
             start += size
 
         async def ticker() -> None:
-            nonlocal start
             while True:
                 await anyio.sleep(max(0.0, start + size - time.time()))
                 await advance(time.time())
@@ -210,17 +223,28 @@ class StreamProcessor(BuiltinComponent):
         async with anyio.create_task_group() as tg:
             tg.start_soon(ticker)
             async with stream:
-                async for batch in receive_batches(stream):
+                async for batch in receive_batches(stream, self.max_batch):
                     await advance(time.time())
                     window.extend(batch)
-                    self.processed_count += len(batch)
+                    self.increment_processed(len(batch))
             tg.cancel_scope.cancel()
         await close_window(end_of_input=True)
 
-    # -- deduplication ----------------------------------------------------------------
+
+class DeduplicatingProcessor(StreamProcessor):
+    """``variant: deduplication``: forwards the first item of each ``dedup_key`` value."""
+
+    VARIANT = "deduplication"
+
+    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(name, config)
+        key = self.settings.dedup_key
+        self._dedup_get = getter(split_dotted(key), default=None) if key else None
+        self._seen: OrderedDict[Hashable, float] = OrderedDict()
+        self.duplicates_dropped = 0
+        self._encoder = msgspec.json.Encoder(enc_hook=str, order="sorted")
 
     def handle(self, item: Any) -> Any:
-        # Only the deduplication variant uses the item-by-item path.
         if self._dedup_get is None:
             key: Hashable = self._encoder.encode(item)
         else:
@@ -246,3 +270,8 @@ class StreamProcessor(BuiltinComponent):
         if len(seen) > self.settings.max_keys:
             seen.popitem(last=False)
         return item
+
+
+_VARIANTS: dict[str, type[StreamProcessor]] = {
+    c.VARIANT: c for c in (JoiningProcessor, WindowingProcessor, DeduplicatingProcessor)
+}

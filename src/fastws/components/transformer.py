@@ -7,12 +7,12 @@ from typing import Any
 
 import msgspec
 
+from fastws._paths import MISSING, get_path, split_dotted
 from fastws.components._base import BuiltinComponent, utc_now_iso
 from fastws.exceptions import ConfigError
 
 __all__ = ["Transformer", "TransformerConfig"]
 
-_MISSING = object()
 
 
 class TransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -31,27 +31,14 @@ class TransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
     def is_empty(self) -> bool:
         return not (self.rename or self.copy or self.set or self.drop or self.add_timestamp)
 
-    def check(self, path: str) -> None:
+    def __post_init__(self) -> None:
         for key, mapping in (("rename", self.rename), ("copy", self.copy), ("set", self.set)):
             for field in mapping:
                 if not all(field.split(".")):
-                    raise ConfigError(f"{path}.{key}: invalid field path {field!r}")
+                    raise ConfigError(f"{key}: invalid field path {field!r}")
         for i, field in enumerate(self.drop):
             if not all(field.split(".")):
-                raise ConfigError(f"{path}.drop[{i}]: invalid field path {field!r}")
-
-
-def _split(path: str) -> tuple[str, ...]:
-    return tuple(path.split("."))
-
-
-def _get(item: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = item
-    for key in path:
-        if not isinstance(value, Mapping) or key not in value:
-            return _MISSING
-        value = value[key]
-    return value
+                raise ConfigError(f"drop[{i}]: invalid field path {field!r}")
 
 
 def _parent(item: dict[str, Any], path: tuple[str, ...], create: bool) -> dict[str, Any] | None:
@@ -77,12 +64,12 @@ def _set(item: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _pop(item: dict[str, Any], path: tuple[str, ...]) -> Any:
-    if len(path) > 1 and not isinstance(_get(item, path[:-1]), Mapping):
-        return _MISSING
+    if len(path) > 1 and not isinstance(get_path(item, path[:-1]), Mapping):
+        return MISSING
     parent = _parent(item, path, create=False)
     if parent is None:
-        return _MISSING
-    return parent.pop(path[-1], _MISSING)
+        return MISSING
+    return parent.pop(path[-1], MISSING)
 
 
 class Transformer(BuiltinComponent):
@@ -101,11 +88,11 @@ class Transformer(BuiltinComponent):
         super().__init__(name, config)
         s = self.settings
         self._default = s.is_empty
-        self._rename = [(_split(new), _split(old)) for new, old in s.rename.items()]
-        self._copy = [(_split(dst), _split(src)) for dst, src in s.copy.items()]
-        self._set = [(_split(k), v) for k, v in s.set.items()]
-        self._drop = [_split(f) for f in s.drop]
-        self._timestamp = _split(s.add_timestamp) if s.add_timestamp else None
+        self._rename = [(split_dotted(new), split_dotted(old)) for new, old in s.rename.items()]
+        self._copy = [(split_dotted(dst), split_dotted(src)) for dst, src in s.copy.items()]
+        self._set = [(split_dotted(k), v) for k, v in s.set.items()]
+        self._drop = [split_dotted(f) for f in s.drop]
+        self._timestamp = split_dotted(s.add_timestamp) if s.add_timestamp else None
 
     def handle(self, item: Any) -> Any:
         if not isinstance(item, Mapping):
@@ -115,11 +102,11 @@ class Transformer(BuiltinComponent):
         out = dict(item)
         for new, old in self._rename:
             value = _pop(out, old)
-            if value is not _MISSING:
+            if value is not MISSING:
                 _set(out, new, value)
         for dst, src in self._copy:
-            value = _get(out, src)
-            if value is not _MISSING:
+            value = get_path(out, src)
+            if value is not MISSING:
                 _set(out, dst, value)
         for path, value in self._set:
             _set(out, path, value)
