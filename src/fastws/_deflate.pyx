@@ -285,23 +285,23 @@ cdef class Deflater:
         cdef Py_ssize_t pos = 0, h, size
         cdef uint64_t ln
         cdef int i
-        while pos + 2 <= n:
+        while pos < n:
             u = <const uint8_t*>(p + pos)
+            h = 2 if n - pos < 2 or (u[1] & 0x7F) < 126 else (4 if (u[1] & 0x7F) == 126 else 10)
+            if n - pos < h or (u[1] & 0x80):
+                self._put(p + pos, n - pos)   # not a frame of ours: pass the rest through
+                break
             ln = u[1] & 0x7F
-            h = 2
-            if ln == 126:
+            if h == 4:
                 ln = (<uint64_t>u[2] << 8) | u[3]
-                h = 4
-            elif ln == 127:
+            elif h == 10:
                 ln = 0
                 for i in range(8):
                     ln = (ln << 8) | u[2 + i]
-                h = 10
-            size = h + <Py_ssize_t>ln
-            if pos + size > n:
-                size = n - pos
-                self._put(p + pos, size)   # not a frame of ours: pass it through
+            if ln > <uint64_t>(n - pos - h):
+                self._put(p + pos, n - pos)   # truncated: pass the rest through
                 break
+            size = h + <Py_ssize_t>ln
             if (u[0] & 0xF0) == 0x80 and (u[0] & 0x0F) in (1, 2):
                 self.add(p + pos + h, <Py_ssize_t>ln, u[0] & 0x0F)
                 self.frames -= 1
