@@ -553,3 +553,33 @@ def test_deflate_stub_matches_the_module():
                 if isinstance(b, (ast.AnnAssign, ast.FunctionDef))} - {"__init__"}
         public = {n for n in dir(getattr(_deflate, name)) if not n.startswith("_")}
         assert stub == public, name
+
+
+@pytest.mark.parametrize("junk", [b"\x81", b"\x81\x7f" + b"\xff" * 7 + b"\xf6", b"\x81\x7e\x00", b"\x81\x05abc",
+                                  b"\x81\x85mask!"])
+async def test_malformed_published_frame_passes_through_for_deflate_clients(junk):
+    """publish_frame takes what a backplane or worker pipe delivered: bytes that are not a whole
+    frame reach deflate clients exactly as they reach plain ones (never read past, never compressed)."""
+    import logging
+
+    from picows.picows import WSTransport
+
+    from fastws._core import Hub
+    from fastws._testing import MemoryTransport
+    from fastws._testing import connect as connect_memory
+
+    loop = asyncio.get_running_loop()
+    hub = Hub(loop)
+    hub.enable_deflate(6, 16)
+    plain_t, deflate_t = MemoryTransport(loop), MemoryTransport(loop)
+    connect_memory(hub, plain_t)
+    client = hub.new_client()
+    client._use_deflate(15, False)
+    client.on_ws_connected(WSTransport(False, deflate_t, logging.getLogger("test"), loop))
+    good = fastws.encode_frame("hello " * 20)
+    hub.publish_frame(good + junk)
+    hub.flush()
+    assert plain_t.take() == good + junk
+    got = deflate_t.take()
+    assert got[0] == 0xC1 and got.endswith(junk)
+    assert zlib.decompressobj(-15).decompress(got[2:-len(junk)] + TAIL) == b"hello " * 20
