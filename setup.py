@@ -1,4 +1,4 @@
-"""Build fastws._core and fastws._testing (Cython).
+"""Build fastws._core, fastws._testing and fastws._deflate (Cython; _deflate links the system zlib).
 
 Environment switches:
   FASTWS_DEBUG=1     bounds and wraparound checks on, -O0 -g
@@ -36,6 +36,15 @@ extensions = [
     )
     # _core: the hot path; _testing: in-memory transports for tests and bench/bench_core.py only
     for name in ("fastws._core", "fastws._testing")
+] + [
+    # permessage-deflate: zlib's C API (zlib.h from zlib1g-dev / zlib-devel)
+    Extension(
+        "fastws._deflate",
+        ["src/fastws/_deflate.pyx"],
+        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
+        define_macros=macros,
+        libraries=["z"],
+    ),
 ]
 
 setup(

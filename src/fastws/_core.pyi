@@ -6,6 +6,8 @@ from typing import Any
 
 from picows import WSListener, WSTransport
 
+from ._deflate import Deflater
+
 def encode_frame(
     item: Any,
     fallback: Callable[[Any], bytes] | None = None,
@@ -27,6 +29,10 @@ class Client(WSListener):
     def abort(self) -> None: ...
     def fail(self, code: int, reason: str) -> None: ...
     def write_buffer_size(self) -> int: ...
+    # permessage-deflate
+    @property
+    def compression(self) -> str | None: ...
+    def _use_deflate(self, wbits: int = 15, client_no_context_takeover: bool = False) -> None: ...
 
 class Hub:
     on_connect: Callable[[Client], Any] | None
@@ -50,6 +56,7 @@ class Hub:
     nonfinite_numbers: int
     msg_rate: float
     msg_burst: float
+    deflater: Deflater | None  # permessage-deflate
     def __init__(
         self,
         loop: AbstractEventLoop,
@@ -65,6 +72,7 @@ class Hub:
         count_nonfinite: Callable[[Any], int] | None = None,
     ) -> None: ...
     def new_client(self, reject: bool = False) -> Client: ...
+    def enable_deflate(self, level: int = 6, min_size: int = 128) -> None: ...
     @property
     def clients(self) -> list[Client]: ...
     def __len__(self) -> int: ...

@@ -27,6 +27,8 @@ from .exceptions import EncodeError
 cdef extern from "<string.h>":
     void* memmem(const void*, size_t, const void*, size_t) nogil
 
+from ._deflate cimport Deflater, Inflater  # permessage-deflate (RFC 7692)
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
     object PyUnicode_DecodeUTF8Stateful(const char*, Py_ssize_t, const char*, Py_ssize_t*)
@@ -186,6 +188,12 @@ cdef class Client(WSListener):
         double _tokens
         double _tokens_at
         int _why                       # R_*: why it is closing (set once)
+        # permessage-deflate (negotiated by node.py; see _deflate.pyx)
+        bint _deflate                  # broadcasts go to it compressed (Hub.deflater's buffer)
+        bint _client_nct               # client_no_context_takeover: nothing kept between messages
+        int _wbits                     # server_max_window_bits it accepted (8-15)
+        bint _frag_compressed          # the open fragmented message is compressed
+        Inflater _inflater             # its own decompressor, made on its first compressed message
 
     def __cinit__(self):
         self._index = -1
@@ -250,9 +258,8 @@ cdef class Client(WSListener):
         if self._frag_open and self.last_seen - self._frag_at > self._hub.fragment_timeout:
             self._fragment_expired(self.last_seen)
             return
-        if frame.rsv1 or frame.rsv2 or frame.rsv3:
-            self.fail(1002, "reserved bits set without an extension")
-            return
+        if (frame.rsv1 or frame.rsv2 or frame.rsv3 or self._frag_compressed) and self._deflate_frame(frame):
+            return  # permessage-deflate: a compressed message (or a protocol error, 1002)
         cdef WSMsgType t = frame.msg_type
         if t == WSMsgType.TEXT or t == WSMsgType.BINARY:
             if self._frag_open:
@@ -383,6 +390,95 @@ cdef class Client(WSListener):
             if self._hub._debug:
                 _logger.debug("closing %s: %d %s", self.remote, code, reason)
 
+    # -- permessage-deflate (RFC 7692), inbound -------------------------------------------
+
+    def _use_deflate(self, int wbits=15, bint client_no_context_takeover=False):
+        """The handshake agreed on permessage-deflate (node.py): before the connection opens."""
+        self._deflate = True
+        self._wbits = wbits
+        self._client_nct = client_no_context_takeover
+
+    @property
+    def compression(self):
+        """``"deflate"`` when permessage-deflate was negotiated, else None."""
+        return "deflate" if self._deflate else None
+
+    cdef bint _deflate_frame(self, WSFrame frame) except -1:
+        """A frame with RSV bits, or any frame inside a compressed message; False: not ours."""
+        cdef WSMsgType t = frame.msg_type
+        if frame.rsv2 or frame.rsv3 or (frame.rsv1 and not self._deflate):
+            self.fail(1002, "reserved bits set without an extension")
+            return True
+        if not frame.rsv1:
+            if t != WSMsgType.CONTINUATION:
+                return False  # a control frame between fragments, or a new message (fails as usual)
+            self._inflate_piece(self._inflater, frame)
+            return True
+        if t != WSMsgType.TEXT and t != WSMsgType.BINARY:
+            self.fail(1002, "RSV1 set on a control or continuation frame")
+            return True
+        if self._frag_open:
+            self.fail(1002, "new data frame inside a fragmented message")
+            return True
+        if self._hub.msg_rate > 0 and not self._take_token():
+            self._fail(R_RATE_LIMITED, 1008, "rate limit exceeded")
+            return True
+        cdef Inflater inf = self._inflater
+        if inf is None:
+            if frame.fin and self._client_nct:
+                inf = self._hub.deflater.shared  # nothing to keep: the Hub's one inflater
+            else:
+                inf = self._inflater = Inflater()
+                self._hub.deflater.inflaters += 1
+        if self._client_nct:
+            inf.reset()
+        self._frag_open = True
+        self._frag_at = self.last_seen
+        self._frag_type = t
+        self._frag_compressed = True
+        self._frag_buf = bytearray()
+        self._inflate_piece(inf, frame)
+        return True
+
+    cdef _inflate_piece(self, Inflater inf, WSFrame frame):
+        cdef int rc
+        try:
+            rc = inf.inflate_into(frame.payload_ptr, frame.payload_size, frame.fin, self._frag_buf,
+                                  self._hub.max_message_size)
+        except ValueError as exc:
+            self.fail(1007, str(exc))
+            return
+        if rc < 0:
+            self.fail(1009, "message too big")  # stopped at max_message_size while inflating
+            return
+        if not frame.fin:
+            return
+        buf = self._frag_buf
+        self._frag_open = self._frag_compressed = False
+        self._frag_buf = None
+        if self._client_nct and self._inflater is not None:
+            self._inflater = None  # no context to keep: give the memory back
+            self._hub.deflater.inflaters -= 1
+        cdef const char* p = PyByteArray_AS_STRING(buf)
+        cdef Py_ssize_t n = PyByteArray_GET_SIZE(buf)
+        if self._frag_type == WSMsgType.TEXT and not _is_ascii(p, n):
+            try:
+                PyUnicode_DecodeUTF8Stateful(p, n, "strict", NULL)
+            except UnicodeDecodeError:
+                self.fail(1007, "invalid UTF-8 in a text message")
+                return
+        self._hub._on_message(self, self._frag_type, p, n)
+
+    cdef bint _send_deflate(self, message) except -1:
+        """``send`` to a deflate client: compressed when at least ``compression_min_size``."""
+        cdef Deflater d = self._hub.deflater
+        data = message.encode() if isinstance(message, str) else message
+        if d is None or len(data) < d.min_size:
+            return False
+        self.transport.send(WSMsgType.TEXT if isinstance(message, str) else WSMsgType.BINARY,
+                            d.compress_message(data, self._wbits), True, True)
+        return True
+
     # -- used by the server ------------------------------------------------------
 
     cpdef fail(self, int code, str reason):
@@ -405,6 +501,8 @@ cdef class Client(WSListener):
         """Send one message to this client only (``str`` as text, bytes-like as binary)."""
         if self._state != S_OPEN:
             return
+        if self._deflate and self._send_deflate(message):
+            return  # permessage-deflate
         if isinstance(message, str):
             self.transport.send(WSMsgType.TEXT, message)
         else:
@@ -486,6 +584,7 @@ cdef class Hub:
         public double msg_rate
         public double msg_burst
         unsigned long long _disconnects[R_COUNT]   # by R_* reason
+        readonly Deflater deflater                  # permessage-deflate; None when compression is off
 
     def __cinit__(self):
         self._clients = []
@@ -537,6 +636,8 @@ cdef class Hub:
         c._raw.set_write_buffer_limits(self.max_queued_bytes, self.max_queued_bytes // 4)
         c._index = len(self._clients)
         self._clients.append(c)
+        if c._deflate and self.deflater is not None:
+            self.deflater.joined(c._wbits)  # permessage-deflate
         if self.on_connect is not None:
             self.on_connect(c)
 
@@ -564,6 +665,20 @@ cdef class Hub:
             moved._index = i
         del clients[last]
         c._index = -1
+        if c._deflate:
+            self._deflate_gone(c)  # permessage-deflate
+
+    cdef _deflate_gone(self, Client c):
+        if self.deflater is not None:
+            self.deflater.left(c._wbits)
+            if c._inflater is not None:
+                self.deflater.inflaters -= 1
+        c._inflater = None
+
+    def enable_deflate(self, int level=6, Py_ssize_t min_size=128):
+        """permessage-deflate: each message is also compressed once for the clients that
+        negotiate it (``Client._use_deflate``), while at least one is connected."""
+        self.deflater = Deflater(level, min_size)
 
     @property
     def clients(self):
@@ -637,6 +752,8 @@ cdef class Hub:
         cdef Py_ssize_t h = _write_header(<uint8_t*>(self._tick + self._tick_len), opcode, n)
         memcpy(self._tick + self._tick_len + h, payload, n)
         self._tick_len += h + n
+        if self.deflater is not None and self.deflater.clients:
+            self.deflater.add(payload, n, opcode)  # permessage-deflate: compressed once
 
     cdef int _encode_append(self, item) except -1:
         cdef Py_ssize_t n
@@ -708,6 +825,8 @@ cdef class Hub:
         self._reserve(n)
         memcpy(self._tick + self._tick_len, PyBytes_AS_STRING(frame), n)
         self._tick_len += n
+        if self.deflater is not None and self.deflater.clients:
+            self.deflater.add_frames(PyBytes_AS_STRING(frame), n)  # permessage-deflate
         self._queued()
         return len(self._clients) - self._n_dropping
 
@@ -730,6 +849,12 @@ cdef class Hub:
             char* ptr = self._tick
             Py_ssize_t size = self._tick_len
             Client c
+            # permessage-deflate: the same messages compressed, when the buffer has them all
+            char* dptr = NULL
+            Py_ssize_t dsize = 0, dextra = 0
+        if self.deflater is not None and self.deflater.frames == frames:
+            dptr = self.deflater.buf
+            dsize = self.deflater.len
         self._in_fanout = True
         try:
             while i < len(clients):
@@ -746,12 +871,18 @@ cdef class Hub:
                     c._episode_dropped += frames
                     self.dropped += frames
                     continue
-                c._raw.write_c(ptr, size)
+                if c._deflate and dsize:
+                    c._raw.write_c(dptr, dsize)
+                    dextra += dsize - size
+                else:
+                    c._raw.write_c(ptr, size)
                 sent += 1
         finally:
             self._in_fanout = False
             self._tick_len = 0
             self._tick_frames = 0
+            if self.deflater is not None:
+                self.deflater.reset()
             if self._tick_cap > 4 * TICK_KEEP:
                 # a burst made the buffer grow; give the memory back
                 self._tick = <char*>PyMem_Realloc(self._tick, TICK_KEEP)
@@ -760,7 +891,7 @@ cdef class Hub:
             gone += self._handle_over_cap()
         self.flushes += 1
         self.deliveries += sent * frames
-        self.bytes_out += sent * size
+        self.bytes_out += sent * size + dextra
         self.last_sent = sent
         self.last_disconnected = gone
         if self._debug:

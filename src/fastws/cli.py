@@ -103,6 +103,10 @@ HELP = {
     "metrics_host": "address of the --metrics-port server (default: 127.0.0.1, loopback only)",
     "metrics_token": "bearer token required by the health and metrics paths (prefer --config FILE)",
     "auth.require_exp": "refuse JWTs without an exp claim",
+    # permessage-deflate (issue 11)
+    "compression": "deflate: accept clients' permessage-deflate offers (each message compressed once); off: none",
+    "compression_level": "zlib level 1-9 of the compressed messages",
+    "compression_min_size": "messages shorter than this many bytes go uncompressed",
 }
 
 _NULL_WORDS = ("off", "none", "null")

@@ -132,6 +132,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     # issue 14 (edge): protect /health and /metrics
     metrics_host: str | None = None  # host of metrics_port; None: 127.0.0.1 (loopback only)
     metrics_token: str | None = None  # bearer token (or ?token=) required by /health and /metrics
+    # permessage-deflate (issue 11; docs/reference.md "Compression")
+    compression: Literal["deflate", "off"] = "deflate"  # negotiate permessage-deflate with clients that offer it
+    compression_level: int = 6  # zlib level 1-9 (each message is compressed once for all clients)
+    compression_min_size: int = 128  # shorter messages go uncompressed (legal per message)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -189,6 +193,11 @@ def _check(c: ServerConfig) -> None:
     if not c.page_path.startswith("/") or any(ch in c.page_path for ch in "?# "):
         raise bad("page_path", "must be a path starting with '/' (no query, no spaces)", c.page_path)
     _check_scaling(c, bad)
+    # permessage-deflate (issue 11)
+    if not 1 <= c.compression_level <= 9:
+        raise bad("compression_level", "must be 1-9 (zlib level; use compression: off for none)", c.compression_level)
+    if c.compression_min_size < 0:
+        raise bad("compression_min_size", "must be >= 0 bytes", c.compression_min_size)
 
 
 def _check_scaling(c: ServerConfig, bad: Any) -> None:

@@ -21,6 +21,7 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 
 from ._core import Client, Hub
 from .config import ServerConfig
+from .deflate import negotiate
 from .encoding import count_nonfinite, fallback_encode
 from .exceptions import ServerError
 from .fdlimit import check_fd_limit, listening_socket
@@ -134,6 +135,8 @@ class LocalNode:
             on_disconnect=self._client_disconnected,
             **self._hub_options,
         )
+        if c.compression == "deflate":  # permessage-deflate
+            hub.enable_deflate(c.compression_level, c.compression_min_size)
         if c.max_messages_per_second is not None:
             hub.msg_rate = c.max_messages_per_second
             hub.msg_burst = c.burst if c.burst is not None else max(1.0, c.max_messages_per_second)
@@ -248,6 +251,8 @@ class LocalNode:
             handshake_timeouts=self.handshake_timeouts,
             disconnects=self.disconnect_count,
         )
+        if self.hub is not None and self.hub.deflater is not None:
+            s["compression"] = self.hub.deflater.stats()  # permessage-deflate
         return s
 
     # -- connections -----------------------------------------------------------------
@@ -298,6 +303,12 @@ class LocalNode:
         if limit is not None:  # a failed upgrade gives the slot back
             assert self._loop is not None
             self._loop.call_soon(limit.check_connected, client)
+        if hub.deflater is not None:  # permessage-deflate (RFC 7692): accept an offer, or none
+            agreed = negotiate(request.headers.getall("Sec-WebSocket-Extensions", ()))
+            if agreed is not None:
+                client._use_deflate(agreed.window_bits, agreed.client_no_context_takeover)
+                response = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Extensions": agreed.header})
+                return WSUpgradeResponseWithListener(response, client)
         return client
 
     def _client_connected(self, client: Client) -> None:

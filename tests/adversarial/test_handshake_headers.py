@@ -110,7 +110,8 @@ async def test_browser_upgrade_requests_connect_and_receive(browser):
             assert headers[":status"] == "101", headers
             assert headers["sec-websocket-accept"] == headers[":expected-accept"]
             assert headers["upgrade"].lower() == "websocket" and headers["connection"].lower() == "upgrade"
-            assert "sec-websocket-extensions" not in headers  # no permessage-deflate: the browser sends plain frames
+            # permessage-deflate (issue 11): every browser offers it; this short message still goes uncompressed
+            assert headers["sec-websocket-extensions"] == "permessage-deflate; server_no_context_takeover"
             await wait_for(lambda: server.connection_count == 1)
             assert server.clients[0].path == "/prices"
             server.broadcast({"browser": browser})
