@@ -5,6 +5,7 @@ Every key is documented in ``docs/reference.md``.
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -181,8 +182,10 @@ def _check(c: ServerConfig) -> None:
         raise bad("max_message_size", "must be at least 125", c.max_message_size)
     if not c.handshake_timeout > 0:
         raise bad("handshake_timeout", "must be a positive number of seconds", c.handshake_timeout)
-    if c.close_timeout < 0:
+    if not 0 <= c.close_timeout < math.inf:  # NaN and inf too
         raise bad("close_timeout", "must be >= 0 seconds", c.close_timeout)
+    if not 0 < c.fragment_timeout < math.inf:  # the Hub refuses these too, but at start, as a traceback
+        raise bad("fragment_timeout", "must be a positive number of seconds", c.fragment_timeout)
     if c.backlog < 1:
         raise bad("backlog", "must be a positive integer", c.backlog)
     if c.max_batch < 1:
@@ -224,7 +227,7 @@ def _check_hardening(c: ServerConfig, bad: Any) -> None:
             raise bad("auth.tokens", "must not contain empty tokens", list(a.tokens))
         if a.jwt_secret is not None and len(a.jwt_secret) < 16:
             raise bad("auth.jwt_secret", "must be at least 16 characters", "<hidden>")
-        if a.leeway < 0:
+        if not 0 <= a.leeway < math.inf:  # NaN or inf would accept every expired token
             raise bad("auth.leeway", "must be >= 0 seconds", a.leeway)
         if a.query_param == "":
             raise bad("auth.query_param", "must be a parameter name or null", a.query_param)
