@@ -191,3 +191,29 @@ async def test_with_workers_a_connection_logs_no_more_than_with_one_process():
     assert not per_connection.search(two), two
     # the workers do log at INFO (so the absence above is not just silence)
     assert re.search(r"INFO fastws\.server\[worker \d\]: fastws stopped", two), two
+
+
+def _is_reaped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie: exited, never waited for
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+async def test_a_dead_worker_is_logged_with_its_exit_code_and_reaped(caplog: pytest.LogCaptureFixture, sig: int):
+    """The parent's WARNING names the real exit status (-9), not ``None``: the pipe that
+    says a worker died can be readable a moment before the kernel lets it be waited for."""
+    server = fastws.Server(host="127.0.0.1", port=0, workers=2)
+    await server.start()
+    try:
+        victim = server.workers.pids[1]
+        with caplog.at_level("WARNING", logger="fastws.workers"):
+            os.kill(victim, sig)
+            await wait_for(lambda: server.workers.restarts == 1, TIMEOUT * 2)
+        lines = [r.getMessage() for r in caplog.records if "exited with code" in r.getMessage()]
+        assert len(lines) == 1 and f"(pid {victim}) exited with code {-sig} " in lines[0], lines
+        assert _is_reaped(victim)
+    finally:
+        await server.stop()

@@ -292,7 +292,10 @@ class WorkerPool:
         p = w.process
         assert self._loop is not None
         self._loop.remove_reader(p.sentinel)
-        p.join(0)
+        # The sentinel is readable once the child has closed its end, which the kernel does a
+        # moment before the exit status can be waited for: join(0) could miss it (exit code
+        # None, and a zombie left behind). The child is exiting, so this returns at once.
+        p.join(1.0)
         if w.transport is not None:
             w.transport.close()
             w.transport = None
