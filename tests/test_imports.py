@@ -105,3 +105,41 @@ def test_the_check_finds_a_cycle() -> None:
     with pytest.raises(AssertionError):
         assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) is None
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+ARCHITECTURE = SRC.parent.parent / "docs" / "architecture.md"
+
+
+def _documented_arrows() -> list[tuple[str, str]]:
+    """The ``a ──► b, c ──► d`` lines of docs/architecture.md's import diagram, as (a, b) pairs."""
+    text = ARCHITECTURE.read_text()
+    block = text.split("## Who imports whom", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    arrows = []
+    for line in block.splitlines():
+        steps = [part.split("(")[0].strip() for part in line.split("──►")]
+        for src, dsts in zip(steps, steps[1:], strict=False):
+            for dst in dsts.split(","):
+                arrows.append((src.strip(), dst.strip()))
+    return arrows
+
+
+def test_architecture_doc_draws_only_real_imports() -> None:
+    graph = import_graph()
+    arrows = _documented_arrows()
+    assert len(arrows) > 30
+    for src, dst in arrows:
+        a, b = f"fastws.{src}", f"fastws.{dst}"
+        assert a in graph and b in graph, f"docs/architecture.md names a module that does not exist: {src} or {dst}"
+        importers = [m for m in graph if m == a or m.startswith(a + ".")]  # a package: any of its modules
+        assert any(b in graph[m] or any(d.startswith(b + ".") for d in graph[m]) for m in importers), \
+            f"docs/architecture.md draws {src} ──► {dst}, which is no import"
+
+
+def test_architecture_doc_names_existing_modules() -> None:
+    table = ARCHITECTURE.read_text().split("## The parts", 1)[1].split("##", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) > 10
+    for line in rows:
+        for name in line.split("|")[1].replace("`", "").split(","):
+            if name.strip():
+                assert (SRC / name.strip()).exists(), f"docs/architecture.md names {name.strip()}"
