@@ -454,3 +454,23 @@ def test_stream_processor_variants_declare_their_ports() -> None:
     sp = StreamProcessor("j", {"variant": "joining"})
     assert type(sp) is JoiningProcessor and isinstance(sp, StreamProcessor)
     assert type(StreamProcessor("d", {"variant": "deduplication"})) is DeduplicatingProcessor
+
+
+class HasAPortField(ComposedComponent):
+    """A user component with an attribute named ``port`` that is not a listener."""
+
+    port = 6379  # e.g. the port of a database it reads from
+
+
+async def test_port_reads_the_contract_not_an_attribute_named_port() -> None:
+    system = System.from_dict({"system": {"name": "p", "components": [
+        {"name": "db", "type": "tests.test_blueprint:HasAPortField"},
+        {"name": "ws", "type": "WebSocket", "config": {"host": "127.0.0.1", "port": 0}},
+    ]}})
+    with pytest.raises(ValueError, match="is the system started"):
+        system.port()  # port 0 is not a bound port yet
+    async with system:
+        port = system.port()
+        assert port == system["ws"].listening_port() != 0
+        with pytest.raises(ValueError, match="no bound port"):
+            system.port("db")

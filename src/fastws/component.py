@@ -19,6 +19,9 @@ blueprint runner reads (through the classmethods below, nothing else):
                             taken to read them all.
 ``FRAMEWORK_KEYS``          config keys that frameworks add; accepted silently
 ``REQUIRED_DEPENDENCIES``   what ``get_required_dependencies()`` returns
+``LISTENS``                 ``True`` if the component accepts network connections; then
+                            :meth:`ComposedComponent.listening_port` gives the bound port
+                            once started (``System.port()`` reads both)
 ==========================  ==============================================================
 
 Config keys that are neither in ``Config`` nor in ``FRAMEWORK_KEYS`` are accepted
@@ -110,6 +113,7 @@ class ComposedComponent:
     READS_ALL_INPUTS: ClassVar[bool] = False
     FRAMEWORK_KEYS: ClassVar[frozenset[str]] = FRAMEWORK_KEYS
     REQUIRED_DEPENDENCIES: ClassVar[tuple[str, ...]] = ("anyio",)
+    LISTENS: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -191,6 +195,10 @@ class ComposedComponent:
 
     async def is_ready(self) -> bool:
         return self._ready
+
+    def listening_port(self) -> int | None:
+        """The port a component that ``LISTENS`` is bound to while it runs; otherwise ``None``."""
+        return None
 
     # -- streams ---------------------------------------------------------------------
 

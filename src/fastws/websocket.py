@@ -73,6 +73,7 @@ class WebSocketComponent(ComposedComponent):
 
     Config = ServerConfig
     READS_ALL_INPUTS = False
+    LISTENS = True
     REQUIRED_DEPENDENCIES = ("picows", "msgspec", "uvloop", "anyio")
     settings: ServerConfig
 
@@ -110,6 +111,9 @@ class WebSocketComponent(ComposedComponent):
     def port(self) -> int:
         """The configured port; once started, the bound one (useful with ``port: 0``)."""
         return self.server.port
+
+    def listening_port(self) -> int | None:
+        return self.server.port if self.server.is_serving else None
 
     @property
     def max_connections(self) -> int:

@@ -460,16 +460,13 @@ class System:
     def port(self, name: str | None = None) -> int:
         """The bound port of WebSocket component ``name`` (default: the only one)."""
         if name is None:
-            ws = [
-                n
-                for n, t in self._plan.types.items()
-                if t == "WebSocket" or hasattr(self.components.get(n), "port")
-            ]
+            ws = [n for n, cls in self._plan.classes.items() if cls.LISTENS]
             if len(ws) != 1:
                 raise ValueError(f"system {self.name!r} has {len(ws)} WebSocket components; name one: {ws}")
             name = ws[0]
-        port = getattr(self.components[name], "port", None)
-        if not isinstance(port, int):
+        component = self.components.get(name)
+        port = component.listening_port() if component is not None else None
+        if port is None:
             raise ValueError(f"component {name!r} has no bound port (is the system started?)")
         return port
 
