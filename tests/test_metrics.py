@@ -261,3 +261,25 @@ def test_metrics_host_and_token_config_errors_name_the_key():
     with pytest.raises(fastws.ConfigError, match=r"config\.metrics_token: must not be empty"):
         fastws.ServerConfig.from_dict({"metrics_token": " "})
     assert fastws.ServerConfig.from_dict({"metrics_port": 9100}).metrics_host is None
+
+
+def test_every_counter_of_the_operations_table_is_exported():
+    """docs/operations.md: "Server.stats() and /metrics give the same numbers"."""
+    class Fake:
+        config = type("C", (), {"max_connections": 1})()
+
+        def stats(self):
+            return {"connections": 0, "uptime": 1.0, "pongs_skipped": 7, "worker_restarts": 2,
+                    "worker_frames_dropped": 3}
+
+    m = parse_prometheus(render_metrics(Fake()))
+    assert m["fastws_pongs_skipped_total"] == 7
+    assert m["fastws_worker_restarts_total"] == 2
+    assert m["fastws_worker_frames_dropped_total"] == 3
+
+
+async def test_pongs_skipped_of_a_real_server_is_in_metrics():
+    async with running_server() as server:
+        m = await metrics(server.port)
+        assert m["fastws_pongs_skipped_total"] == server.stats()["pongs_skipped"] == 0
+        assert "fastws_worker_restarts_total" not in m  # one process: no workers to restart

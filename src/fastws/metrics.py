@@ -118,6 +118,13 @@ def render_metrics(server: StatsSource) -> str:
            "Clients fastws closed for a bad frame or a policy (1002/1007/1008/1009).", s.get("protocol_errors", 0))
     metric("fastws_encode_errors_total", "counter", "Broadcast items that could not be serialized.",
            s.get("encode_errors", 0))
+    metric("fastws_pongs_skipped_total", "counter",
+           "PINGs not answered because the client was over max_queued_bytes.", s.get("pongs_skipped", 0))
+    if "worker_restarts" in s:  # with workers
+        metric("fastws_worker_restarts_total", "counter", "Worker processes replaced after they exited.",
+               s["worker_restarts"])
+        metric("fastws_worker_frames_dropped_total", "counter",
+               "Frames the parent skipped for a worker whose pipe was full.", s.get("worker_frames_dropped", 0))
     metric("fastws_uptime_seconds", "gauge", "Seconds since the server started.", round(s.get("uptime", 0.0), 3))
     rss = _rss_bytes()
     if rss is not None:
