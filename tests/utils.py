@@ -33,13 +33,11 @@ def url(server: Any) -> str:
     return f"ws://127.0.0.1:{server.port}/"
 
 
-async def wait_for(predicate: Any, timeout: float = TIMEOUT, what: str = "condition") -> None:
+async def wait_for(predicate: Any, timeout: float = TIMEOUT) -> None:
     """Wait until ``predicate()`` is true, checking on every loop turn (bounded)."""
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)
-    # asyncio.timeout raises TimeoutError naming nothing: callers pass ``what`` for context
-    _ = what
 
 
 class RawClient:

@@ -164,10 +164,6 @@ class Backplane:
             self._queued_bytes = 0
         self.connected = False
 
-    async def wait_connected(self, timeout: float) -> None:
-        assert self._up is not None, "start() first"
-        await asyncio.wait_for(self._up.wait(), timeout)
-
     # -- publishing ------------------------------------------------------------------
 
     def publish(self, frame: bytes) -> bool:
