@@ -293,3 +293,17 @@ def test_cli_auth_flags(monkeypatch):
     assert (auth.jwt_secret, auth.jwt_audience, auth.allowed_origins) == (SECRET, "feeds", ("https://a.example",))
     monkeypatch.delenv("FASTWS_AUTH_TOKENS")
     assert fastws.ServerConfig.from_dict(_server_config(build_parser().parse_args(["serve"]))).auth is None
+
+
+def test_a_signature_in_non_canonical_base64_is_refused():
+    """A 32-byte HMAC is 43 base64url characters; the last carries 2 unused bits. A decoder
+    that ignores them takes 4 spellings of one signature (tests/adversarial/test_tokens'
+    fuzz then got a 101 now and then); only the canonical one is the token."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for sub in range(8):  # tokens whose signatures end in different characters
+        token = encode_jwt({"sub": str(sub), "exp": time.time() + 600}, SECRET)
+        assert decode_jwt(token, SECRET)["sub"] == str(sub)
+        last = alphabet.index(token[-1])
+        for variant in (alphabet[(last & ~3) | low] for low in range(4) if low != last & 3):
+            with pytest.raises(TokenError, match="bad signature"):
+                decode_jwt(token[:-1] + variant, SECRET)

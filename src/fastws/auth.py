@@ -155,7 +155,8 @@ def decode_jwt(
     if not isinstance(header, dict) or header.get("alg") != "HS256":
         raise TokenError("invalid_token", "alg must be HS256")
     expected = hmac.new(key, f"{head_b64}.{body_b64}".encode("ascii"), hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, _b64decode(sig_b64)):
+    # compare the base64url text: decoding would also take the 3 other spellings of its last character
+    if not hmac.compare_digest(_b64encode(expected), sig_b64):
         raise TokenError("invalid_token", "bad signature")
     claims = _json_segment(body_b64, "claims")
     if not isinstance(claims, dict):
