@@ -438,7 +438,8 @@ def test_the_quickstart_in_the_docs_runs() -> None:
     text = (ROOT / "docs" / "dropin.md").read_text()
     match = re.search(r"<!-- quickstart -->\n```python\n(.*?)```", text, re.S)
     assert match, "docs/dropin.md has no ```python block after <!-- quickstart -->"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    here = str(Path(fastws.__file__).resolve().parent.parent)  # the fastws this test imports (tree or wheel)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-c", match.group(1)], capture_output=True, text=True, timeout=6 * TIMEOUT, env=env
     )

@@ -70,12 +70,15 @@ class Relay:
         self.inner = inner
         self.backplane = backplane
         self._encode = encode
+        self._stopping = False
 
     async def start(self) -> None:
         await self.backplane.start(self.deliver, local_stats=self.inner.stats)
 
     def deliver(self, frame: bytes) -> int:
-        """A frame from another node: to this node's clients only."""
+        """A frame from another node: to this node's clients only (none once stopping)."""
+        if self._stopping:
+            return 0
         return self.inner.publish_frame(frame)
 
     def publish(self, item: Any) -> int:
@@ -110,5 +113,9 @@ class Relay:
         return s
 
     async def stop(self, code: int, reason: str) -> None:
-        await self.backplane.stop()
-        await self.inner.stop(code, reason)
+        # the clients first (CLOSE ``code`` at once), then the broker connection
+        self._stopping = True
+        try:
+            await self.inner.stop(code, reason)
+        finally:
+            await self.backplane.stop()

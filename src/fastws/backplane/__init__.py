@@ -37,6 +37,8 @@ from ..frames import split_frames
 __all__ = ["Backplane", "create_backplane", "split_frames"]
 
 logger = logging.getLogger("fastws.backplane")
+#: Seconds a broker connection has to close when the backplane stops.
+CLOSE_TIMEOUT = 1.0
 
 MAGIC = b"FWS1"
 KIND_FRAMES = ord("F")
@@ -157,7 +159,11 @@ class Backplane:
         self._task = self._stats_task = None
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # bounded: stopping the server must not wait on a broker client that does not let go
+        _, pending = await asyncio.wait(tasks, timeout=2 * CLOSE_TIMEOUT)
+        if pending:
+            logger.warning("backplane %s: the broker connection did not close in %.1fs; left behind",
+                           self.safe_url, 2 * CLOSE_TIMEOUT)
         if self._queue:
             self.publish_failed += len(self._queue)
             self._queue.clear()
@@ -291,8 +297,9 @@ class Backplane:
 
     async def _close_quietly(self) -> None:
         try:
-            await self._close()
-        except Exception as exc:  # the connection is gone anyway
+            async with asyncio.timeout(CLOSE_TIMEOUT):  # a broker client's close can hang when cancelled
+                await self._close()
+        except (Exception, TimeoutError) as exc:  # the connection is gone anyway
             logger.debug("backplane %s: close: %r", self.safe_url, exc)
 
     # -- receiving -------------------------------------------------------------------
