@@ -394,3 +394,17 @@ async def test_plurals(tmp_path: Path):
         os.close(r)
     assert code == 0
     assert "standard input ended after 1 line\n" in err
+
+
+async def test_run_log_counts_in_english(tmp_path: Path):
+    """``fastws run`` announces "1 component, 1 binding", not "1 components, 1 bindings"."""
+    bp = tmp_path / "one.yaml"
+    bp.write_text("system:\n  name: one\n  components:\n    - {name: a, type: Source, config: {data_count: 1, data_delay: 0}}\n"
+                  "    - {name: b, type: Sink}\n  bindings:\n    - {from: a.output, to: b.input}\n")
+    code, _, err = await fastws_cli("--log-level", "info", "run", str(bp))
+    assert code == 0, err
+    assert "system 'one' started: 2 components, 1 binding\n" in err, err
+    bp.write_text("system:\n  name: one\n  components:\n    - {name: a, type: Source, config: {data_count: 1, data_delay: 0}}\n")
+    code, _, err = await fastws_cli("--log-level", "info", "run", str(bp))
+    assert code == 0, err
+    assert "system 'one' started: 1 component, 0 bindings\n" in err, err

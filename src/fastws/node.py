@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
 
+from ._cliutil import plural
 from ._core import Client, Hub
 from .config import ServerConfig
 from .deflate import negotiate
@@ -193,7 +194,7 @@ class LocalNode:
             try:
                 await asyncio.wait_for(self._empty.wait(), self.config.close_timeout)
             except TimeoutError:
-                logger.warning("%d clients did not finish the closing handshake; dropping them", len(hub))
+                logger.warning("%s did not finish the closing handshake; dropping them", plural(len(hub), "client"))
                 hub.abort_all()
                 try:
                     await asyncio.wait_for(self._empty.wait(), 1.0)
@@ -353,5 +354,5 @@ class LocalNode:
         n = self.hub.reap(since)
         if n:
             self.heartbeat_timeouts += n
-            logger.warning("heartbeat: closed %d clients that did not answer a ping in %.3gs", n,
+            logger.warning("heartbeat: closed %s that did not answer a ping in %.3gs", plural(n, "client"),
                            self.config.effective_heartbeat_timeout)

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
+from ._cliutil import plural
 from .config import ServerConfig
 from .exceptions import ServerError
 from .fdlimit import check_fd_limit
@@ -301,9 +302,9 @@ class WorkerPool:
             return
         ran = time.monotonic() - w.started
         delay = 0.0 if ran > 10 else min(5.0, 0.1 * 2 ** min(self.restarts, 6))
-        logger.warning("worker %d (pid %s) exited with code %s after %.1fs with %d clients (counted as "
+        logger.warning("worker %d (pid %s) exited with code %s after %.1fs with %s (counted as "
                        "disconnects, reason worker_exit); starting a replacement", w.index, p.pid, p.exitcode,
-                       ran, lost)
+                       ran, plural(lost, "client"))
         self.restarts += 1
         task = self._loop.create_task(self._respawn(w, delay))
         self._respawns.add(task)

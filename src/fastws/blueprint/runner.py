@@ -32,6 +32,7 @@ import msgspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from fastws._cliutil import plural
 from fastws.blueprint.schema import (
     BindingSpec,
     BlueprintError,
@@ -507,7 +508,8 @@ class System:
             self._close_streams()
             raise
         logger.info(
-            "system %r started: %d components, %d bindings", self.name, len(self.components), len(self.edges)
+            "system %r started: %s, %s", self.name, plural(len(self.components), "component"),
+            plural(len(self.edges), "binding")
         )
         self._task = asyncio.create_task(self._process_all(), name=f"fastws-system-{self.name}")
 
