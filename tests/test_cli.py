@@ -321,6 +321,7 @@ async def test_validate_warns_about_unknown_keys_and_strict_refuses_them(tmp_pat
     bp = tmp_path / "s.yaml"
     bp.write_text("system:\n  name: s\n  components:\n    - {name: s, type: Sink, config: {mode: log, mod: x, lvl: 2}}\n")
     ignored = "unknown key, ignored (Sink keys are: mode, level, path, keep_last)"
+    refused = "unknown key (--strict) (Sink keys are: mode, level, path, keep_last)"
     code, out, err = await fastws_cli("validate", str(bp))
     assert code == 0
     assert err.splitlines() == [
@@ -331,8 +332,8 @@ async def test_validate_warns_about_unknown_keys_and_strict_refuses_them(tmp_pat
     code, out, err = await fastws_cli("validate", "--strict", str(bp))
     assert (code, out) == (1, "")
     assert err.splitlines() == [
-        f"error: {bp}: components[0].config.mod: {ignored}",
-        f"error: {bp}: components[0].config.lvl: {ignored}",
+        f"error: {bp}: components[0].config.mod: {refused}",
+        f"error: {bp}: components[0].config.lvl: {refused}",
     ]
     # a bad --set value is blamed on the --set (every one of them); the warnings still show
     code, _, err = await fastws_cli("validate", str(bp), "--set", "s.keep_last=-1", "--set", "s.mode=nope")

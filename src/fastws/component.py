@@ -204,7 +204,7 @@ class ComposedComponent:
                 if not isinstance(stream, expected):
                     wanted = "MemoryObjectReceiveStream" if expected is ObjectReceiveStream else "MemoryObjectSendStream"
                     msg = (
-                        f"{self.name}: {kind}[{port!r}] is a {type(stream).__module__}.{type(stream).__qualname__}; "
+                        f"{self.name}: {kind}[{port!r}] is of type {type(stream).__module__}.{type(stream).__qualname__}; "
                         f"expected an anyio {wanted} (from anyio.create_memory_object_stream()) "
                         f"or another anyio.abc.{expected.__name__}"
                     )

@@ -256,7 +256,7 @@ def _validate(
         # every bad key, not only the first; the bindings below are still checked
         config_errors, notes, usable = check_component_config(cls, comp.config, f"{where}.config")
         given = (overrides or {}).get(comp.name, {})
-        refused = (*config_errors, *notes) if strict else config_errors
+        refused = (*config_errors, *(n.strictly() for n in notes)) if strict else config_errors
         errors.extend(placed + p.blamed(source, comp.name, given) for p in refused)
         warnings.extend(p.blamed(source, comp.name, given) for p in (() if strict else notes))
         classes[comp.name] = cls

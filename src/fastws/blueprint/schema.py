@@ -17,6 +17,7 @@ and the line (syntax) or the field path (``components[1].config.port``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -161,6 +162,10 @@ class ConfigProblem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.why}"
+
+    def strictly(self) -> ConfigProblem:
+        """This problem as ``validate --strict`` reports it: an unknown key is refused, not ignored."""
+        return dataclasses.replace(self, why=self.why.replace("unknown key, ignored", "unknown key (--strict)", 1))
 
     def blamed(self, source: str, component: str, overrides: Mapping[str, Any]) -> str:
         """The line to show: a value from ``overrides`` (``--set``) is blamed on the override
