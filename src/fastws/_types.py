@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConfigDict", "ConfigMapping", "ConfigValue", "Item", "JSON", "Record", "Settings", "Stats"]
+__all__ = ["ConfigDict", "ConfigMapping", "ConfigValue", "Item", "Record", "Settings", "Stats"]
 
 #: A user item, or any value taken out of one (a field an expression or a path reads):
 #: broadcast as JSON, passed along pipelines and compared as the user wrote it.
@@ -38,6 +38,3 @@ Stats = dict[str, Any]  # dynamic: nested counters whose shape depends on the fa
 #: A JSON object fastws builds around user items (broadcast reports, joined and
 #: windowed records, health) or decodes from a peer (JWT claims).
 Record = dict[str, Any]  # dynamic: its values are user items or decoded JSON
-
-#: Plain JSON as fastws writes it (json.dumps input): no Any inside.
-JSON = None | bool | int | float | str | list["JSON"] | dict[str, "JSON"]
