@@ -21,7 +21,9 @@ class _Missing:
 #: Returned by :func:`get_path` (unless told otherwise) for a path that is not there.
 MISSING: Final = _Missing()
 
-Step = str | int
+#: A ``str`` indexes a mapping, an ``int`` a sequence; a ``float`` (``x[-1.5]`` in an
+#: expression) indexes nothing.
+Step = str | int | float
 
 
 def get_path(data: Item, steps: Sequence[Step], default: Item = MISSING) -> Item:
