@@ -1,9 +1,9 @@
 """The names of fastws' dynamic boundaries: the only places where ``typing.Any`` is used.
 
-Everything else under ``src/fastws`` is typed exactly (``tests/test_typing.py`` checks
-that ``Any`` appears nowhere but here and in the few lines it lists). Each alias
-says why its values cannot have a static type. Types only: importing this module
-costs nothing at run time.
+Everything else under ``src/fastws`` is typed exactly, or with ``object`` where a value
+is only stored or passed on (``tests/test_typing.py`` checks that ``Any`` appears
+nowhere but here). Each alias says why its values cannot have a static type. Aliases
+only: this module imports nothing of fastws and runs no code.
 """
 
 from __future__ import annotations
