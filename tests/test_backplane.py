@@ -15,8 +15,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -316,3 +318,60 @@ async def test_broker_restart_mid_stream(broker, caplog):
             assert len(lost) == 2  # one warning per node per outage, not one per attempt
             await wa.close()
             await wb.close()
+
+
+CTRL_C_SCRIPT = """
+import asyncio, sys
+import fastws
+
+async def main():
+    async with fastws.Server(host="127.0.0.1", port=int(sys.argv[1]), backplane=sys.argv[2],
+                             backplane_channel=sys.argv[3]) as server:
+        while True:
+            server.broadcast("hi")
+            await asyncio.sleep(0.05)
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    pass
+"""
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("broker", ["redis", "nats"])
+async def test_ctrl_c_closes_clients_at_once_whatever_the_broker_client_does(broker, tmp_path):
+    """Ctrl-C on ``asyncio.run(main())`` closes the clients with 1001 before the broker connection.
+
+    redis-py's pubsub sometimes took seconds, or forever, to close once cancelled, and the
+    clients waited behind it (about one Ctrl-C in five): repeated.
+    """
+    broker_url = require_broker(broker)
+    script = tmp_path / "serve.py"
+    script.write_text(CTRL_C_SCRIPT)
+    for _ in range(6):
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(port), broker_url, channel(),
+                                                    stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    try:
+                        ws = await connect(f"ws://127.0.0.1:{port}/")
+                        break
+                    except OSError:
+                        await asyncio.sleep(0.05)
+                assert await ws.recv() == "hi"
+            proc.send_signal(signal.SIGINT)
+            async with asyncio.timeout(1.0):
+                with contextlib.suppress(Exception):
+                    while True:
+                        await ws.recv()
+                await ws.wait_closed()
+            assert ws.close_code == 1001
+            async with asyncio.timeout(TIMEOUT):
+                await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

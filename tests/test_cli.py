@@ -321,6 +321,7 @@ async def test_validate_warns_about_unknown_keys_and_strict_refuses_them(tmp_pat
     bp = tmp_path / "s.yaml"
     bp.write_text("system:\n  name: s\n  components:\n    - {name: s, type: Sink, config: {mode: log, mod: x, lvl: 2}}\n")
     ignored = "unknown key, ignored (Sink keys are: mode, level, path, keep_last)"
+    refused = "unknown key (--strict) (Sink keys are: mode, level, path, keep_last)"
     code, out, err = await fastws_cli("validate", str(bp))
     assert code == 0
     assert err.splitlines() == [
@@ -331,8 +332,8 @@ async def test_validate_warns_about_unknown_keys_and_strict_refuses_them(tmp_pat
     code, out, err = await fastws_cli("validate", "--strict", str(bp))
     assert (code, out) == (1, "")
     assert err.splitlines() == [
-        f"error: {bp}: components[0].config.mod: {ignored}",
-        f"error: {bp}: components[0].config.lvl: {ignored}",
+        f"error: {bp}: components[0].config.mod: {refused}",
+        f"error: {bp}: components[0].config.lvl: {refused}",
     ]
     # a bad --set value is blamed on the --set (every one of them); the warnings still show
     code, _, err = await fastws_cli("validate", str(bp), "--set", "s.keep_last=-1", "--set", "s.mode=nope")
@@ -394,3 +395,17 @@ async def test_plurals(tmp_path: Path):
         os.close(r)
     assert code == 0
     assert "standard input ended after 1 line\n" in err
+
+
+async def test_run_log_counts_in_english(tmp_path: Path):
+    """``fastws run`` announces "1 component, 1 binding", not "1 components, 1 bindings"."""
+    bp = tmp_path / "one.yaml"
+    bp.write_text("system:\n  name: one\n  components:\n    - {name: a, type: Source, config: {data_count: 1, data_delay: 0}}\n"
+                  "    - {name: b, type: Sink}\n  bindings:\n    - {from: a.output, to: b.input}\n")
+    code, _, err = await fastws_cli("--log-level", "info", "run", str(bp))
+    assert code == 0, err
+    assert "system 'one' started: 2 components, 1 binding\n" in err, err
+    bp.write_text("system:\n  name: one\n  components:\n    - {name: a, type: Source, config: {data_count: 1, data_delay: 0}}\n")
+    code, _, err = await fastws_cli("--log-level", "info", "run", str(bp))
+    assert code == 0, err
+    assert "system 'one' started: 1 component, 0 bindings\n" in err, err

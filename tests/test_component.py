@@ -291,6 +291,6 @@ async def test_base_class_names_a_wrong_output_stream_type():
     comp = ComposedComponent("c")
     send, comp.receive_streams["input"] = anyio.create_memory_object_stream(1)
     comp.send_streams["out"] = asyncio.Queue()
-    with send, pytest.raises(TypeError, match=r"c: send_streams\['out'\] is a asyncio\.queues\.Queue; expected an anyio"):
+    with send, pytest.raises(TypeError, match=r"c: send_streams\['out'\] is of type asyncio\.queues\.Queue; expected an anyio"):
         await comp.process()
     comp.receive_streams["input"].close()

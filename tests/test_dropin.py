@@ -355,13 +355,13 @@ async def test_disconnected_counts_clients_gone_since_the_previous_report() -> N
 async def test_a_queue_instead_of_an_anyio_stream_is_a_clear_error() -> None:
     comp = WebSocketComponent("ws", {"port": 0})
     comp.receive_streams["input"] = asyncio.Queue()  # type: ignore[assignment]
-    with pytest.raises(TypeError, match=r"ws: receive_streams\['input'\] is a asyncio\.queues\.Queue; "
+    with pytest.raises(TypeError, match=r"ws: receive_streams\['input'\] is of type asyncio\.queues\.Queue; "
                                         r"expected an anyio MemoryObjectReceiveStream"):
         await comp.process()
     comp2 = WebSocketComponent("ws2", {"port": 0})
     send, comp2.receive_streams["input"] = anyio.create_memory_object_stream[Any](1)
     comp2.send_streams["reports"] = []  # type: ignore[assignment]
-    with send, pytest.raises(TypeError, match=r"ws2: send_streams\['reports'\] is a builtins\.list; "
+    with send, pytest.raises(TypeError, match=r"ws2: send_streams\['reports'\] is of type builtins\.list; "
                                               r"expected an anyio MemoryObjectSendStream"):
         await comp2.process()
     comp2.receive_streams["input"].close()
@@ -438,7 +438,8 @@ def test_the_quickstart_in_the_docs_runs() -> None:
     text = (ROOT / "docs" / "dropin.md").read_text()
     match = re.search(r"<!-- quickstart -->\n```python\n(.*?)```", text, re.S)
     assert match, "docs/dropin.md has no ```python block after <!-- quickstart -->"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    here = str(Path(fastws.__file__).resolve().parent.parent)  # the fastws this test imports (tree or wheel)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-c", match.group(1)], capture_output=True, text=True, timeout=6 * TIMEOUT, env=env
     )

@@ -96,7 +96,7 @@ async def test_heartbeat_removes_silent_client_and_keeps_good_ones(caplog):
         assert await silent.closed()
         silent.close()
         assert server.stats()["heartbeat_timeouts"] == 1
-        assert any("did not answer a ping" in r.getMessage() for r in caplog.records)
+        assert any("heartbeat: closed 1 client that did not answer a ping" in r.getMessage() for r in caplog.records)
         # the good client survives several more rounds
         before = server.hub.flushes
         await asyncio.sleep(0.9)  # three more ping rounds; nothing to wait for but time itself
@@ -263,3 +263,14 @@ async def test_protocol_errors_close_that_client_only(frame, code):
         assert await recv_json(good) == {"ok": True}
         await good.close()
         bad.close()
+
+
+async def test_stop_log_says_1_client_not_1_clients(caplog):
+    """A client that never answers the CLOSE is dropped after close_timeout, and the log counts it in English."""
+    caplog.set_level(logging.WARNING, "fastws.server")
+    async with running_server(close_timeout=0.1) as server:
+        silent = await RawClient.connect(server.port)  # reads nothing, never answers the CLOSE
+        await wait_for(lambda: server.connection_count == 1)
+    silent.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "1 client did not finish the closing handshake; dropping them" in messages, messages

@@ -2,16 +2,16 @@
 # checks that the names here and in the compiled module agree).
 from asyncio import AbstractEventLoop
 from collections.abc import Callable
-from typing import Any
 
 from picows import WSListener, WSTransport
 
 from ._deflate import Deflater
+from ._types import Item, Stats
 
 def encode_frame(
-    item: Any,
-    fallback: Callable[[Any], bytes] | None = None,
-    count_nonfinite: Callable[[Any], Any] | None = None,
+    item: Item,
+    fallback: Callable[[Item], bytes] | None = None,
+    count_nonfinite: Callable[[Item], object] | None = None,
     max_size: int = -1,
 ) -> bytes: ...
 
@@ -35,8 +35,8 @@ class Client(WSListener):
     def _use_deflate(self, wbits: int = 15, client_no_context_takeover: bool = False) -> None: ...
 
 class Hub:
-    on_connect: Callable[[Client], Any] | None
-    on_disconnect: Callable[[Client], Any] | None
+    on_connect: Callable[[Client], object] | None
+    on_disconnect: Callable[[Client], object] | None
     max_queued_bytes: int
     max_message_size: int
     fragment_timeout: float
@@ -64,23 +64,23 @@ class Hub:
         max_queued_bytes: int = ...,
         slow_client_policy: str = "disconnect",
         max_message_size: int = ...,
-        on_message: Callable[[Client, str | bytes], Any] | None = None,
-        on_connect: Callable[[Client], Any] | None = None,
-        on_disconnect: Callable[[Client], Any] | None = None,
+        on_message: Callable[[Client, str | bytes], object] | None = None,
+        on_connect: Callable[[Client], object] | None = None,
+        on_disconnect: Callable[[Client], object] | None = None,
         fragment_timeout: float = 10.0,
-        encode_fallback: Callable[[Any], bytes] | None = None,
-        count_nonfinite: Callable[[Any], int] | None = None,
+        encode_fallback: Callable[[Item], bytes] | None = None,
+        count_nonfinite: Callable[[Item], int] | None = None,
     ) -> None: ...
     def new_client(self, reject: bool = False) -> Client: ...
     def enable_deflate(self, level: int = 6, min_size: int = 128) -> None: ...
     @property
     def clients(self) -> list[Client]: ...
     def __len__(self) -> int: ...
-    def publish(self, item: Any) -> int: ...
+    def publish(self, item: Item) -> int: ...
     def publish_frame(self, frame: bytes) -> int: ...
     def flush(self) -> int: ...
     def ping_all(self) -> float: ...
     def reap(self, since: float) -> int: ...
     def close_all(self, code: int = 1001, reason: str = "server shutting down") -> int: ...
     def abort_all(self) -> None: ...
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> Stats: ...

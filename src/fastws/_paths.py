@@ -4,7 +4,9 @@ and config error messages: ``getter(("a", 0, "b"))(item)`` reads ``item["a"][0][
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Final
+
+from ._types import Item
 
 __all__ = ["MISSING", "getter", "get_path", "split_dotted"]
 
@@ -17,12 +19,14 @@ class _Missing:
 
 
 #: Returned by :func:`get_path` (unless told otherwise) for a path that is not there.
-MISSING: Any = _Missing()
+MISSING: Final = _Missing()
 
-Step = str | int
+#: A ``str`` indexes a mapping, an ``int`` a sequence; a ``float`` (``x[-1.5]`` in an
+#: expression) indexes nothing.
+Step = str | int | float
 
 
-def get_path(data: Any, steps: Sequence[Step], default: Any = MISSING) -> Any:
+def get_path(data: Item, steps: Sequence[Step], default: Item = MISSING) -> Item:
     """Follow ``steps``: a ``str`` indexes a mapping, an ``int`` a list or tuple
     (negative counts from the end). Any step that is not there gives ``default``."""
     value = data
@@ -40,13 +44,13 @@ def get_path(data: Any, steps: Sequence[Step], default: Any = MISSING) -> Any:
     return value
 
 
-def getter(steps: Sequence[Step], default: Any = MISSING) -> Callable[[Any], Any]:
+def getter(steps: Sequence[Step], default: Item = MISSING) -> Callable[[Item], Item]:
     """A function reading ``steps`` from its argument (see :func:`get_path`)."""
     path = tuple(steps)
     if len(path) == 1 and isinstance(path[0], str):
         key = path[0]
 
-        def get_one(item: Any) -> Any:
+        def get_one(item: Item) -> Item:
             if isinstance(item, Mapping):
                 return item.get(key, default)
             return default

@@ -37,11 +37,15 @@ import json
 import logging
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
+from ._types import Record
 from .config import AuthConfig
-from .http_types import HandshakeCheck, Refusal
+from .http_types import HandshakeCheck, HTTPRequest, Refusal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from picows import WSUpgradeRequest
 
 __all__ = ["Authenticator", "TokenError", "encode_jwt", "decode_jwt", "handshake_checks"]
 
@@ -84,7 +88,7 @@ def _b64decode(text: str) -> bytes:
         raise TokenError("invalid_token", "bad base64url segment") from None
 
 
-def encode_jwt(claims: dict[str, Any], secret: str | bytes, headers: dict[str, Any] | None = None) -> str:
+def encode_jwt(claims: Record, secret: str | bytes, headers: Record | None = None) -> str:
     """An HS256 JWT of ``claims`` (for tests and for services that mint tokens)."""
     key = secret.encode() if isinstance(secret, str) else secret
     header = {"alg": "HS256", "typ": "JWT", **(headers or {})}
@@ -97,7 +101,7 @@ def encode_jwt(claims: dict[str, Any], secret: str | bytes, headers: dict[str, A
     return signing_input + "." + _b64encode(sig)
 
 
-def _json_segment(segment: str, what: str) -> Any:
+def _json_segment(segment: str, what: str) -> object:
     raw = _b64decode(segment)
     # json.loads recurses once per level: 5,000 "[" would raise RecursionError. Brackets
     # inside strings count too, which only makes the bound stricter.
@@ -116,7 +120,7 @@ def _json_segment(segment: str, what: str) -> Any:
         raise TokenError("invalid_token", f"{what} is not JSON") from None
 
 
-def _number(value: Any, claim: str) -> float:
+def _number(value: object, claim: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TokenError("invalid_token", f"{claim} is not a number")
     try:
@@ -136,7 +140,7 @@ def decode_jwt(
     leeway: float = 0.0,
     now: float | None = None,
     require_exp: bool = False,
-) -> dict[str, Any]:
+) -> Record:
     """Verify an HS256 JWT and return its claims; raise :class:`TokenError` if refused.
 
     ``require_exp``: refuse a token without an ``exp`` claim (``invalid_token``).
@@ -183,7 +187,7 @@ def decode_jwt(
 # -- the handshake check ----------------------------------------------------------------------
 
 
-def _bearer(request: Any, query_param: str | None) -> str | None:
+def _bearer(request: HTTPRequest, query_param: str | None) -> str | None:
     value: str | None = request.headers.get("Authorization")
     if value:
         scheme, _, token = value.strip().partition(" ")
@@ -246,7 +250,7 @@ class Authenticator:
             found.append(TOKEN_EXPIRED[1])
         return found
 
-    def __call__(self, request: Any) -> Refusal | None:
+    def __call__(self, request: HTTPRequest) -> Refusal | None:
         try:
             refusal, detail = self._check(request)
         except Exception as exc:  # a malformed request must never become a 500
@@ -255,7 +259,7 @@ class Authenticator:
             self.log(refusal[1], detail)
         return refusal
 
-    def _check(self, request: Any) -> tuple[Refusal | None, str]:
+    def _check(self, request: HTTPRequest) -> tuple[Refusal | None, str]:
         if self._origins is not None:
             origin = request.headers.get("Origin")
             if (None if origin is None else _normalize_origin(origin)) not in self._origins:
@@ -294,7 +298,7 @@ class Authenticator:
 def guarded(check: HandshakeCheck) -> HandshakeCheck:
     """``check`` that refuses with 500 ``auth_check_error`` instead of raising."""
 
-    def run(request: Any) -> Refusal | None:
+    def run(request: WSUpgradeRequest) -> Refusal | None:
         try:
             refusal = check(request)
         except Exception:

@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 import msgspec
 import msgspec.inspect
@@ -30,6 +30,7 @@ import msgspec.json
 import msgspec.yaml
 
 from ._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, plural, url
+from ._types import ConfigDict, ConfigValue
 from .blueprint.cli import register as register_blueprint_commands
 from .config import ServerConfig
 from .exceptions import ConfigError, EncodeError, FastWSError
@@ -120,9 +121,9 @@ class ServerFlag:
     flag: str  # "--port", "--auth-token"
     help: str
     kind: str  # "value", "list" (repeatable), "switch" (store_true), "negatable" (--x/--no-x)
-    parse: Callable[[str], Any]
+    parse: Callable[[str], object]
     metavar: str | None
-    default: Any
+    default: object
 
     @property
     def dest(self) -> str:
@@ -145,12 +146,12 @@ def _expected(types: Sequence[msgspec.inspect.Type]) -> str:
     return " or ".join(dict.fromkeys(words))
 
 
-def _value_parser(types: Sequence[msgspec.inspect.Type]) -> Callable[[str], Any]:
+def _value_parser(types: Sequence[msgspec.inspect.Type]) -> Callable[[str], object]:
     """A parser for one command-line value of a field typed as the union of ``types``."""
     nullable = any(isinstance(t, msgspec.inspect.NoneType) for t in types)
     expected = _expected(types)
 
-    def parse(text: str) -> Any:
+    def parse(text: str) -> object:
         if nullable and text.lower() in _NULL_WORDS:
             return None
         for t in types:
@@ -192,7 +193,7 @@ def _metavar(types: Sequence[msgspec.inspect.Type], key: str, single: bool = Fal
     return "|".join([word, *map(str, literals)])
 
 
-def _describe_default(value: Any) -> str:
+def _describe_default(value: object) -> str:
     if value is None:
         return "off"
     if isinstance(value, bool):
@@ -242,10 +243,16 @@ def server_flags() -> list[ServerFlag]:
     return _field_flags(ServerConfig)
 
 
+class _ArgumentOptions(TypedDict):
+    dest: str
+    default: str
+    help: str
+
+
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("server settings (ServerConfig keys; docs/reference.md)")
     for f in server_flags():
-        common: dict[str, Any] = {"dest": f.dest, "default": argparse.SUPPRESS, "help": f.help}
+        common: _ArgumentOptions = {"dest": f.dest, "default": argparse.SUPPRESS, "help": f.help}
         if f.kind == "switch":
             g.add_argument(f.flag, action="store_true", **common)
         elif f.kind == "negatable":
@@ -256,7 +263,7 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
             g.add_argument(f.flag, type=f.parse, metavar=f.metavar, **common)
 
 
-def _set(config: dict[str, Any], key: str, value: Any) -> None:
+def _set(config: ConfigDict, key: str, value: object) -> None:
     *parents, leaf = key.split(".")
     for part in parents:
         child = config.get(part)
@@ -266,8 +273,8 @@ def _set(config: dict[str, Any], key: str, value: Any) -> None:
     config[leaf] = value
 
 
-def _get(config: dict[str, Any], key: str) -> Any:
-    value: Any = config
+def _get(config: ConfigDict, key: str) -> ConfigValue:
+    value: ConfigValue = config
     for part in key.split("."):
         if not isinstance(value, dict) or part not in value:
             return None
@@ -275,7 +282,7 @@ def _get(config: dict[str, Any], key: str) -> Any:
     return value
 
 
-def _read_config_file(path: str) -> dict[str, Any]:
+def _read_config_file(path: str) -> ConfigDict:
     """``serve --config FILE``: a YAML (or JSON) mapping of ServerConfig keys."""
     from .blueprint.schema import split_known, unknown_key_message
 
@@ -302,7 +309,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand(value: Any, where: str) -> Any:
+def _expand(value: object, where: str) -> object:
     """``${NAME}`` in a string of the config file -> the environment variable (secrets stay out of it)."""
     if isinstance(value, dict):
         return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
@@ -319,13 +326,13 @@ def _expand(value: Any, where: str) -> Any:
     return _ENV_REF.sub(env, value)
 
 
-def server_config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+def server_config_from_args(args: argparse.Namespace) -> tuple[ConfigDict, dict[str, str]]:
     """The config dict ``serve`` runs with, and which key each flag given set (key -> flag).
 
     Precedence: ServerConfig defaults < ``--config FILE`` < environment < flags.
     """
     config_file = getattr(args, "config", None)
-    config: dict[str, Any] = _read_config_file(config_file) if config_file else {}
+    config: ConfigDict = _read_config_file(config_file) if config_file else {}
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     given: dict[str, str] = {}
     flags = server_flags()
@@ -353,7 +360,7 @@ def server_config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], d
     return config, given
 
 
-def _server_config(args: argparse.Namespace) -> dict[str, Any]:
+def _server_config(args: argparse.Namespace) -> ConfigDict:
     """The config dict of ``serve`` (kept for tests that build it from parsed flags)."""
     return server_config_from_args(args)[0]
 

@@ -51,12 +51,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import anyio
 import msgspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from ._types import ConfigDict, ConfigMapping, Item, Record, Settings
 from .config import FRAMEWORK_KEYS, ConfigRequirement, config_requirements, parse_struct
 
 __all__ = ["ComponentStatus", "ComposedComponent", "receive_batches", "send_batch"]
@@ -66,7 +67,7 @@ MAX_BATCH = 4096
 
 
 @dataclass
-class ComponentStatus(Mapping[str, Any]):
+class ComponentStatus(Mapping[str, object]):
     """What upstream's ``ComponentStatus`` holds: the harness sets and reads its attributes.
 
     Also a read-only mapping of the same names (``status["items_processed"]``), for
@@ -81,9 +82,9 @@ class ComponentStatus(Mapping[str, Any]):
     errors_encountered: int = 0
     last_error: str | None = None
     started_at: float | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, object] = field(default_factory=dict)
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: str) -> object:
         if key not in _STATUS_KEYS:
             raise KeyError(key)
         return getattr(self, key)
@@ -115,20 +116,20 @@ class ComposedComponent:
     REQUIRED_DEPENDENCIES: ClassVar[tuple[str, ...]] = ("anyio",)
     LISTENS: ClassVar[bool] = False
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "process" in cls.__dict__ and "READS_ALL_INPUTS" not in cls.__dict__:
             cls.READS_ALL_INPUTS = True  # it reads its inputs its own way: do not limit them
 
     @classmethod
-    def parse_config(cls, config: Mapping[str, Any] | None, path: str = "config") -> tuple[Any, tuple[str, ...]]:
+    def parse_config(cls, config: ConfigMapping | None, path: str = "config") -> tuple[Settings, tuple[str, ...]]:
         """``(settings, ignored keys)``; raises :class:`fastws.ConfigError` naming ``path.key``."""
         if cls.Config is None:
             return None, ()
         return parse_struct(cls.Config, config, path, ignore=cls.FRAMEWORK_KEYS, unknown="ignore")
 
     @classmethod
-    def validate_config(cls, config: Mapping[str, Any] | None, path: str = "config") -> list[str]:
+    def validate_config(cls, config: ConfigMapping | None, path: str = "config") -> list[str]:
         """Raise :class:`fastws.ConfigError` for a config this component cannot run with;
         return the warnings (one per ignored key)."""
         _, ignored = cls.parse_config(config, path)
@@ -140,34 +141,34 @@ class ComposedComponent:
         return f"{path}.{key}: unknown key, ignored ({cls.__name__} keys are: {known})"
 
     @classmethod
-    def input_ports(cls, config: Mapping[str, Any] | None = None) -> tuple[str, ...] | None:
+    def input_ports(cls, config: ConfigMapping | None = None) -> tuple[str, ...] | None:
         """The input port names (``None``: one port, any name); may depend on the config."""
         return cls.INPUT_PORTS
 
     @classmethod
-    def output_ports(cls, config: Mapping[str, Any] | None = None) -> tuple[str, ...] | None:
+    def output_ports(cls, config: ConfigMapping | None = None) -> tuple[str, ...] | None:
         """The output port names (``None``: any)."""
         return cls.OUTPUT_PORTS
 
     @classmethod
-    def reads_all_inputs(cls, config: Mapping[str, Any] | None = None) -> bool:
+    def reads_all_inputs(cls, config: ConfigMapping | None = None) -> bool:
         """Whether ``process()`` reads every input port (else only the first)."""
         ports = cls.input_ports(config)
         return cls.READS_ALL_INPUTS or (ports is not None and len(ports) > 1)
 
     # -- construction ----------------------------------------------------------------
 
-    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, name: str, config: ConfigMapping | None = None) -> None:
         settings, ignored = type(self).parse_config(config, f"{name}.config")  # first: config may not be a dict
         self.name = name
-        self.config: dict[str, Any] = dict(config) if config else {}
+        self.config: ConfigDict = dict(config) if config else {}
         self.logger = logging.getLogger(f"fastws.component.{name}")
-        self.receive_streams: dict[str, ObjectReceiveStream[Any]] = {}
-        self.send_streams: dict[str, ObjectSendStream[Any]] = {}
+        self.receive_streams: dict[str, ObjectReceiveStream[Item]] = {}
+        self.send_streams: dict[str, ObjectSendStream[Item]] = {}
         self._status = ComponentStatus(name=name, component=type(self).__name__)
         self._ready = False
         self.max_batch = MAX_BATCH
-        self.settings: Any = settings
+        self.settings: Settings = settings
         #: Config keys this component does not know and ignores (one warning each).
         self.ignored_keys: tuple[str, ...] = ignored
         for key in ignored:
@@ -175,7 +176,7 @@ class ComposedComponent:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def setup(self, harness_context: Any = None) -> None:
+    async def setup(self, harness_context: object = None) -> None:
         """Prepare resources. Called by :meth:`start`; safe to call again."""
         self._ready = True
 
@@ -212,19 +213,19 @@ class ComposedComponent:
                 if not isinstance(stream, expected):
                     wanted = "MemoryObjectReceiveStream" if expected is ObjectReceiveStream else "MemoryObjectSendStream"
                     msg = (
-                        f"{self.name}: {kind}[{port!r}] is a {type(stream).__module__}.{type(stream).__qualname__}; "
+                        f"{self.name}: {kind}[{port!r}] is of type {type(stream).__module__}.{type(stream).__qualname__}; "
                         f"expected an anyio {wanted} (from anyio.create_memory_object_stream()) "
                         f"or another anyio.abc.{expected.__name__}"
                     )
                     self.logger.error("%s", msg)
                     raise TypeError(msg)
 
-    def first_input(self) -> ObjectReceiveStream[Any] | None:
+    def first_input(self) -> ObjectReceiveStream[Item] | None:
         """The input stream the default :meth:`process` reads (after :meth:`check_streams`)."""
         self.check_streams()
         return next(iter(self.receive_streams.values()), None)
 
-    async def emit(self, items: list[Any]) -> None:
+    async def emit(self, items: list[Item]) -> None:
         """Send ``items`` in order to every output; a closed downstream is dropped."""
         for port, stream in list(self.send_streams.items()):
             try:
@@ -234,7 +235,7 @@ class ComposedComponent:
                 del self.send_streams[port]
                 await stream.aclose()
 
-    async def send_to_outputs(self, result: Any) -> None:
+    async def send_to_outputs(self, result: Item) -> None:
         """Send one result to every output (upstream's name for :meth:`emit`)."""
         await self.emit([result])
 
@@ -258,7 +259,7 @@ class ComposedComponent:
         finally:
             await self.close_outputs()
 
-    async def process_batch(self, batch: list[Any]) -> None:
+    async def process_batch(self, batch: list[Item]) -> None:
         """Items that arrived together; the default runs :meth:`process_item` on each."""
         for item in batch:
             try:
@@ -270,11 +271,11 @@ class ComposedComponent:
             if result is not None:
                 await self.emit([result])
 
-    async def process_item(self, item: Any) -> Any:
+    async def process_item(self, item: Item) -> Item:
         """Handle one item; the default passes it through."""
         return item
 
-    def map_items(self, fn: Callable[[Any], Any], batch: Iterable[Any]) -> list[Any]:
+    def map_items(self, fn: Callable[[Item], Item], batch: Iterable[Item]) -> list[Item]:
         """``fn`` on each item; failures are logged, counted and skipped, ``None`` dropped."""
         out = []
         for item in batch:
@@ -322,7 +323,7 @@ class ComposedComponent:
         """The live status object (attributes, and mapping access by the same names)."""
         return self._status
 
-    def get_health_status(self) -> dict[str, Any]:
+    def get_health_status(self) -> Record:
         """``{"status": "healthy" | "degraded" | "stopped", "component", "name", ...}``."""
         s = self._status
         if not s.is_healthy:
@@ -342,7 +343,7 @@ class ComposedComponent:
             "ignored_keys": list(self.ignored_keys),
         }
 
-    async def health_check(self) -> dict[str, Any]:
+    async def health_check(self) -> Record:
         return self.get_health_status()
 
     # -- upstream classmethods -------------------------------------------------------
@@ -366,7 +367,7 @@ class ComposedComponent:
 # -- batched stream I/O ----------------------------------------------------------------
 
 
-async def send_batch(stream: ObjectSendStream[Any], items: list[Any]) -> None:
+async def send_batch(stream: ObjectSendStream[Item], items: list[Item]) -> None:
     """Send ``items`` in order, without yielding while the buffer has room.
 
     Items that arrive together thus stay together downstream (a WebSocket
@@ -384,7 +385,7 @@ async def send_batch(stream: ObjectSendStream[Any], items: list[Any]) -> None:
             await stream.send(item)
 
 
-async def receive_batches(stream: ObjectReceiveStream[Any], max_batch: int = MAX_BATCH) -> AsyncIterator[list[Any]]:
+async def receive_batches(stream: ObjectReceiveStream[Item], max_batch: int = MAX_BATCH) -> AsyncIterator[list[Item]]:
     """Yield lists of the items available together: one await, then a drain (at most ``max_batch``)."""
     receive_nowait = getattr(stream, "receive_nowait", None)
     while True:

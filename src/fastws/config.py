@@ -8,13 +8,14 @@ from __future__ import annotations
 import math
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 
 from ._paths import MISSING, get_path
+from ._types import ConfigMapping
 from .exceptions import ConfigError
 from .optional import missing_extra
 
@@ -150,7 +151,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
         return cls.__struct_fields__
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any] | ServerConfig | None, path: str = "config") -> ServerConfig:
+    def from_dict(cls, config: ConfigMapping | ServerConfig | None, path: str = "config") -> ServerConfig:
         """Build a config from a plain dict (a YAML mapping, keyword arguments).
 
         Strict: framework flags (:data:`FRAMEWORK_KEYS`) are ignored, but any other
@@ -163,8 +164,12 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
         return parse_struct(cls, config, path)[0]
 
 
+#: Makes the ConfigError of a bad value: ``bad(key, why, value)``.
+_Bad = Callable[[str, str, object], ConfigError]
+
+
 def _check(c: ServerConfig) -> None:
-    def bad(key: str, why: str, value: Any) -> ConfigError:
+    def bad(key: str, why: str, value: object) -> ConfigError:
         # from_dict() prefixes the path; msgspec.convert reports this as a ValidationError.
         return ConfigError(f"{key}: {why}, got {value!r}")
 
@@ -203,7 +208,7 @@ def _check(c: ServerConfig) -> None:
         raise bad("compression_min_size", "must be >= 0 bytes", c.compression_min_size)
 
 
-def _check_scaling(c: ServerConfig, bad: Any) -> None:
+def _check_scaling(c: ServerConfig, bad: _Bad) -> None:
     if c.workers != "auto" and c.workers < 1:
         raise bad("workers", "must be a positive integer or 'auto'", c.workers)
     if c.backplane is not None and c.backplane.partition("://")[0] not in ("redis", "rediss", "nats", "tls", "memory"):
@@ -215,7 +220,7 @@ def _check_scaling(c: ServerConfig, bad: Any) -> None:
         raise bad("backplane_channel", "must be a non-empty name without spaces, '*' or '>'", c.backplane_channel)
 
 
-def _check_hardening(c: ServerConfig, bad: Any) -> None:
+def _check_hardening(c: ServerConfig, bad: _Bad) -> None:
     if c.ssl is not None:
         if not c.ssl.certfile:
             raise bad("ssl.certfile", "must name a PEM file", c.ssl.certfile)
@@ -266,7 +271,7 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 def parse_struct(
     struct_type: type[S],
-    config: Mapping[str, Any] | None,
+    config: ConfigMapping | None,
     path: str = "config",
     *,
     ignore: frozenset[str] = FRAMEWORK_KEYS,
@@ -286,7 +291,7 @@ def parse_struct(
     if not isinstance(config, Mapping):
         raise ConfigError(f"{path}: expected a mapping of settings, got {config!r}")
     known = struct_type.__struct_fields__
-    values: dict[str, Any] = {}
+    values: dict[str, object] = {}
     ignored: list[str] = []
     for key, value in config.items():
         if key in known:
@@ -333,7 +338,7 @@ def _join(base: str, subpath: str) -> str:
     return base + subpath
 
 
-def _choices(struct_type: type[msgspec.Struct] | None, subpath: str) -> tuple[Any, ...]:
+def _choices(struct_type: type[msgspec.Struct] | None, subpath: str) -> tuple[object, ...]:
     """The allowed values of a ``Literal`` field at the top level of ``struct_type``."""
     key = subpath.lstrip(".")
     if struct_type is None or not key or not key.isidentifier():
@@ -341,7 +346,7 @@ def _choices(struct_type: type[msgspec.Struct] | None, subpath: str) -> tuple[An
     hint = typing.get_type_hints(struct_type).get(key)
     if typing.get_origin(hint) is Literal:
         return typing.get_args(hint)
-    out: list[Any] = []
+    out: list[object] = []
     for arg in typing.get_args(hint):
         if typing.get_origin(arg) is Literal:
             out.extend(typing.get_args(arg))
@@ -353,7 +358,7 @@ def _choices(struct_type: type[msgspec.Struct] | None, subpath: str) -> tuple[An
 def translate_validation_error(
     exc: msgspec.ValidationError,
     base: str,
-    data: Any = None,
+    data: object = None,
     struct_type: type[msgspec.Struct] | None = None,
 ) -> str:
     """Turn msgspec's "Expected `int`, got `str` - at `$.x.y`" into "base.x.y: expected an integer, got 'a'".
@@ -401,12 +406,12 @@ class ConfigRequirement:
     type: str
     description: str
     required: bool = False
-    default: Any = None
-    example: Any = None
+    default: object = None
+    example: object = None
 
 
 #: One line per ServerConfig key (the full text is in docs/reference.md) and an example value.
-SERVER_KEY_DOCS: dict[str, tuple[str, Any]] = {
+SERVER_KEY_DOCS: dict[str, tuple[str, object]] = {
     "host": ("address to listen on", "127.0.0.1"),
     "port": ("port to listen on; 0 picks a free one", 8080),
     "max_connections": ("clients beyond this are closed with 1008 'Max connections reached'", 500),
@@ -436,14 +441,14 @@ SERVER_KEY_DOCS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _type_name(hint: Any) -> str:
+def _type_name(hint: object) -> str:
     if isinstance(hint, type):
         return hint.__name__
     return str(hint).replace("typing.", "").replace("fastws.config.", "").replace("NoneType", "None")
 
 
 def config_requirements(
-    struct_type: type[msgspec.Struct], docs: Mapping[str, tuple[str, Any]] | None = None
+    struct_type: type[msgspec.Struct], docs: Mapping[str, tuple[str, object]] | None = None
 ) -> list[ConfigRequirement]:
     """The keys of ``struct_type`` as :class:`ConfigRequirement` objects, in field order."""
     hints = typing.get_type_hints(struct_type, include_extras=False)

@@ -29,14 +29,16 @@ import enum
 import json
 import math
 import sys
-from typing import Any
+from types import ModuleType
 
 import msgspec
+
+from ._types import Item
 
 __all__ = ["count_nonfinite", "fallback_encode"]
 
 
-def fallback_encode(item: Any) -> bytes:
+def fallback_encode(item: Item) -> bytes:
     """The JSON payload (UTF-8) for ``item`` as ``json.dumps`` would accept it, NaN as null."""
     value = _coerce(item)
     try:
@@ -45,7 +47,7 @@ def fallback_encode(item: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
-def count_nonfinite(item: Any) -> int:
+def count_nonfinite(item: Item) -> int:
     """How many NaN/±Infinity numbers ``item`` holds (values, not keys)."""
     t = type(item)
     if t is float:
@@ -79,14 +81,14 @@ def count_nonfinite(item: Any) -> int:
     return 0
 
 
-def _numpy_of(item: Any) -> Any:
+def _numpy_of(item: object) -> ModuleType | None:
     """The numpy module if ``item``'s type comes from numpy (already imported then), else None."""
     if type(item).__module__.partition(".")[0] != "numpy":
         return None
     return sys.modules.get("numpy")
 
 
-def _key(key: Any) -> str:
+def _key(key: Item) -> str:
     if isinstance(key, str):
         return str.__str__(key)
     if key is True:
@@ -110,7 +112,7 @@ def _key(key: Any) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
-def _coerce(obj: Any) -> Any:
+def _coerce(obj: Item) -> object:
     """``obj`` as plain JSON values (dict with str keys, list, str, int, float, bool, None)."""
     t = type(obj)
     if t is str or t is int or t is bool or obj is None:

@@ -16,7 +16,9 @@ flush, so everything published in that turn reaches each client in one write.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from ._types import Item, Stats
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backplane import Backplane
@@ -27,7 +29,7 @@ __all__ = ["FanOut", "Relay"]
 class FanOut(Protocol):
     """A place broadcasts go: publish (an item or a ready frame), flush, count, stats."""
 
-    def publish(self, item: Any) -> int:
+    def publish(self, item: Item) -> int:
         """Encode ``item`` once and queue it; the number of clients it is queued to."""
         ...
 
@@ -35,7 +37,7 @@ class FanOut(Protocol):
         """Queue a complete frame made by :func:`fastws.encode_frame`."""
         ...
 
-    def publisher(self) -> Callable[[Any], int]:
+    def publisher(self) -> Callable[[Item], int]:
         """The fastest callable that does :meth:`publish` (the Hub's own method, when local)."""
         ...
 
@@ -54,7 +56,7 @@ class FanOut(Protocol):
         """Clients that have left since start, for every reason (monotonic)."""
         ...
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> Stats: ...
 
     async def stop(self, code: int, reason: str) -> None: ...
 
@@ -66,22 +68,25 @@ class Relay:
     local clients (they are not published again).
     """
 
-    def __init__(self, inner: FanOut, backplane: Backplane, encode: Callable[[Any], bytes]) -> None:
+    def __init__(self, inner: FanOut, backplane: Backplane, encode: Callable[[Item], bytes]) -> None:
         self.inner = inner
         self.backplane = backplane
         self._encode = encode
+        self._stopping = False
 
     async def start(self) -> None:
         await self.backplane.start(self.deliver, local_stats=self.inner.stats)
 
     def deliver(self, frame: bytes) -> int:
-        """A frame from another node: to this node's clients only."""
+        """A frame from another node: to this node's clients only (none once stopping)."""
+        if self._stopping:
+            return 0
         return self.inner.publish_frame(frame)
 
-    def publish(self, item: Any) -> int:
+    def publish(self, item: Item) -> int:
         return self.publish_frame(self._encode(item))
 
-    def publisher(self) -> Callable[[Any], int]:
+    def publisher(self) -> Callable[[Item], int]:
         return self.publish
 
     def publish_frame(self, frame: bytes) -> int:
@@ -103,12 +108,16 @@ class Relay:
     def disconnect_count(self) -> int:
         return self.inner.disconnect_count
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         s = self.inner.stats()
         s["backplane"] = self.backplane.stats()
         s["cluster"] = self.backplane.cluster_stats()
         return s
 
     async def stop(self, code: int, reason: str) -> None:
-        await self.backplane.stop()
-        await self.inner.stop(code, reason)
+        # the clients first (CLOSE ``code`` at once), then the broker connection
+        self._stopping = True
+        try:
+            await self.inner.stop(code, reason)
+        finally:
+            await self.backplane.stop()

@@ -23,7 +23,6 @@ import errno
 import logging
 import socket
 import time
-from typing import Any
 
 try:
     import resource
@@ -107,7 +106,7 @@ class ListeningSocket(socket.socket):
         self._logged_at = -1e9
         self._paused_until = 0.0
 
-    def accept(self) -> tuple[socket.socket, Any]:
+    def accept(self) -> tuple[socket.socket, object]:
         if self._paused_until and time.monotonic() < self._paused_until:
             # ends aiofastnet's accept loop for this turn quietly, as an empty backlog does
             raise BlockingIOError(errno.EAGAIN, "accepting is paused: out of file descriptors")

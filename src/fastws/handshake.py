@@ -16,19 +16,19 @@ values picows accepts. See docs/upstream/picows-connection-header.md.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, MutableMapping
 
 __all__ = ["header_tokens", "accept_upgrade"]
 
 
-def header_tokens(headers: Any, name: str) -> list[str]:
+def header_tokens(headers: Mapping[str, str], name: str) -> list[str]:
     """The comma-separated tokens of every ``name`` header line, stripped and lower-cased."""
     values: list[str] = headers.getall(name, []) if hasattr(headers, "getall") else (
         [headers[name]] if name in headers else [])
     return [token.strip().lower() for value in values for token in value.split(",") if token.strip()]
 
 
-def accept_upgrade(headers: Any) -> bool:
+def accept_upgrade(headers: MutableMapping[str, str]) -> bool:
     """True if the request asks to upgrade (``Connection`` has the ``upgrade`` token).
 
     If it also names ``websocket`` in ``Upgrade``, both headers are rewritten to the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 __all__ = ["LoopName", "run"]
 
@@ -13,7 +13,7 @@ T = TypeVar("T")
 LoopName = Literal["auto", "uvloop", "asyncio"]
 
 
-def run(coro: Coroutine[Any, Any, T], loop: LoopName | str = "auto") -> T:
+def run(coro: Coroutine[object, None, T], loop: LoopName | str = "auto") -> T:
     """Run ``coro`` on a new event loop and return its result.
 
     ``loop="uvloop"`` raises :class:`ImportError` when uvloop is not installed;

@@ -13,17 +13,24 @@ import asyncio
 import hmac
 import logging
 import os
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar, overload
 from urllib.parse import parse_qs
 
 import msgspec
 
+from ._types import Record, Stats
 from .config import ServerConfig
-from .http_types import HTTPResponse, Route
+from .http_types import HTTPRequest, HTTPResponse
 
 __all__ = ["StatsSource", "health", "render_metrics", "routes", "bind_host", "MetricsHTTPServer"]
 
 logger = logging.getLogger("fastws.metrics")
+_T = TypeVar("_T")
+
+#: A route of the health and metrics paths: served on the WebSocket port (picows'
+#: request) and by :class:`MetricsHTTPServer` (its own); ``None``: no request at hand.
+Handler = Callable[[HTTPRequest | None], HTTPResponse]
 
 
 class StatsSource(Protocol):
@@ -35,14 +42,14 @@ class StatsSource(Protocol):
     @property
     def is_serving(self) -> bool: ...
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> Stats: ...
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def health(server: StatsSource) -> dict[str, Any]:
+def health(server: StatsSource) -> Record:
     """``{"status": "ok"|"stopped", "connections": n, "uptime": seconds, ...}``."""
     s = server.stats()
     return {
@@ -75,8 +82,8 @@ def render_metrics(server: StatsSource) -> str:
     s = server.stats()
     out: list[str] = []
 
-    def metric(name: str, kind: str, help_: str, value: Any = None,
-               by: tuple[str, dict[str, Any]] | None = None) -> None:
+    def metric(name: str, kind: str, help_: str, value: float = 0,
+               by: tuple[str, Mapping[str, float]] | None = None) -> None:
         out.append(f"# HELP {name} {help_}")
         out.append(f"# TYPE {name} {kind}")
         if by is None:
@@ -133,7 +140,7 @@ def render_metrics(server: StatsSource) -> str:
     return "\n".join(out)
 
 
-def _num(v: Any) -> str:
+def _num(v: float) -> str:
     if isinstance(v, bool):
         return "1" if v else "0"
     if isinstance(v, int):
@@ -141,16 +148,16 @@ def _num(v: Any) -> str:
     return repr(float(v))
 
 
-def health_route(server: StatsSource) -> Route:
-    def route(request: Any) -> HTTPResponse:
+def health_route(server: StatsSource) -> Handler:
+    def route(request: HTTPRequest | None) -> HTTPResponse:
         body = msgspec.json.encode(health(server))
         return 200, {"Content-Type": "application/json", "Cache-Control": "no-store"}, body
 
     return route
 
 
-def metrics_route(server: StatsSource) -> Route:
-    def route(request: Any) -> HTTPResponse:
+def metrics_route(server: StatsSource) -> Handler:
+    def route(request: HTTPRequest | None) -> HTTPResponse:
         return 200, {"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"}, render_metrics(server).encode()
 
     return route
@@ -162,7 +169,7 @@ _UNAUTHORIZED: HTTPResponse = (
 )
 
 
-def _has_token(request: Any, token: bytes) -> bool:
+def _has_token(request: HTTPRequest | None, token: bytes) -> bool:
     """``Authorization: Bearer <token>`` or ``?token=<token>``, compared in constant time."""
     if request is None:
         return False
@@ -182,22 +189,22 @@ def _has_token(request: Any, token: bytes) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token)
 
 
-def guarded(route: Route, token: str | None) -> Route:
+def guarded(route: Handler, token: str | None) -> Handler:
     """``route`` answering 401 unless the request carries ``token`` (``None``: no check)."""
     if token is None:
         return route
     expected = token.encode("utf-8", "surrogateescape")
 
-    def checked(request: Any) -> HTTPResponse:
+    def checked(request: HTTPRequest | None) -> HTTPResponse:
         return route(request) if _has_token(request, expected) else _UNAUTHORIZED
 
     return checked
 
 
-def routes(server: StatsSource) -> dict[str, Route]:
+def routes(server: StatsSource) -> dict[str, Handler]:
     """The health and metrics routes (paths that are not null), behind ``metrics_token``."""
     c = server.config
-    found: dict[str, Route] = {}
+    found: dict[str, Handler] = {}
     if c.health_path is not None:
         found[c.health_path] = guarded(health_route(server), c.metrics_token)
     if c.metrics_path is not None:
@@ -208,7 +215,14 @@ def routes(server: StatsSource) -> dict[str, Route]:
 class _Headers(dict[str, str]):
     """Header names lower-cased; ``get`` is case-insensitive."""
 
-    def get(self, key: str, default: Any = None) -> Any:
+    @overload
+    def get(self, key: str, default: None = None) -> str | None: ...
+    @overload
+    def get(self, key: str, default: str) -> str: ...
+    @overload
+    def get(self, key: str, default: _T) -> str | _T: ...
+
+    def get(self, key: str, default: object = None) -> object:
         return super().get(key.lower(), default)
 
 

@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
-from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
+from picows import (
+    WSListener,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
 
+from ._cliutil import plural
 from ._core import Client, Hub
+from ._types import Item, Stats
 from .config import ServerConfig
 from .deflate import negotiate
 from .encoding import count_nonfinite, fallback_encode
@@ -27,6 +36,9 @@ from .exceptions import ServerError
 from .fdlimit import check_fd_limit, listening_socket
 from .handshake import accept_upgrade
 from .http_types import HandshakeCheck, Route
+
+if TYPE_CHECKING:  # pragma: no cover
+    from logging import _ExcInfoType  # typeshed's name for what exc_info= takes
 
 __all__ = ["LocalNode", "ConnectionLimit", "ClientCallbacks"]
 
@@ -49,9 +61,9 @@ class ConnectionLimit(Protocol):
 class ClientCallbacks(Protocol):
     """The user's callbacks (``Server(on_message=..., on_connect=..., on_disconnect=...)``)."""
 
-    on_message: Callable[[Client, str | bytes], Any] | None
-    on_connect: Callable[[Client], Any] | None
-    on_disconnect: Callable[[Client], Any] | None
+    on_message: Callable[[Client, str | bytes], object] | None
+    on_connect: Callable[[Client], object] | None
+    on_disconnect: Callable[[Client], object] | None
 
 
 class _PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -61,13 +73,28 @@ class _PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().__init__(_picows_logger, {})
         self._node = node
 
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+    def log(self, level: int, msg: object, *args: object, exc_info: _ExcInfoType = None, stack_info: bool = False,
+            stacklevel: int = 1, extra: Mapping[str, object] | None = None, **kwargs: object) -> None:
         if level == logging.INFO and isinstance(msg, str):
             if msg.startswith("Handshake timeout"):
                 self._node.handshake_timeouts += 1
             elif msg.startswith("Disconnect because HTTP request violated max_size"):  # over 16 KiB
                 self._node.count_rejected("request_too_large")
-        super().log(level, msg, *args, **kwargs)
+        super().log(level, msg, *args, exc_info=exc_info, stack_info=stack_info, stacklevel=stacklevel,
+                    extra=extra, **kwargs)
+
+
+class _ListenOn(TypedDict, total=False):
+    """Where ``ws_create_server`` listens: a bound socket, or host and port."""
+
+    sock: socket.socket
+    host: str
+    port: int
+
+
+class _TLSOptions(TypedDict, total=False):
+    ssl: ssl.SSLContext
+    ssl_handshake_timeout: float
 
 
 class LocalNode:
@@ -83,7 +110,7 @@ class LocalNode:
         rejected: dict[str, int],
         ssl_context: ssl.SSLContext | None = None,
         limit: ConnectionLimit | None = None,
-        hub_options: Mapping[str, Any] | None = None,
+        hub_options: Mapping[str, object] | None = None,
     ) -> None:
         self.config = config
         self._routes = routes
@@ -111,7 +138,7 @@ class LocalNode:
 
     async def start(self) -> None:
         c = self.config
-        tls: dict[str, Any] = {}
+        tls: _TLSOptions = {}
         context = self._ssl_context
         if context is None and c.ssl is not None:
             from .tls import server_context
@@ -145,7 +172,7 @@ class LocalNode:
         try:
             # bound here so that running out of fds does not spin in aiofastnet's accept loop (fastws.fdlimit)
             sock = listening_socket(c.host, c.port, reuse_port=c.reuse_port)
-            where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": c.host, "port": c.port}
+            where: _ListenOn = {"sock": sock} if sock is not None else {"host": c.host, "port": c.port}
             self._server = await ws_create_server(
                 self._listener_factory,
                 **where,
@@ -193,7 +220,7 @@ class LocalNode:
             try:
                 await asyncio.wait_for(self._empty.wait(), self.config.close_timeout)
             except TimeoutError:
-                logger.warning("%d clients did not finish the closing handshake; dropping them", len(hub))
+                logger.warning("%s did not finish the closing handshake; dropping them", plural(len(hub), "client"))
                 hub.abort_all()
                 try:
                     await asyncio.wait_for(self._empty.wait(), 1.0)
@@ -212,7 +239,7 @@ class LocalNode:
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
-    def sockets(self) -> tuple[Any, ...]:
+    def sockets(self) -> tuple[socket.socket, ...]:
         return tuple(self._server.sockets) if self._server is not None else ()
 
     # -- the fan-out target (fastws.fanout.FanOut) -----------------------------------
@@ -222,13 +249,13 @@ class LocalNode:
             raise RuntimeError("the server is not started")
         return self.hub
 
-    def publish(self, item: Any) -> int:
+    def publish(self, item: Item) -> int:
         return self._hub().publish(item)
 
     def publish_frame(self, frame: bytes) -> int:
         return self._hub().publish_frame(frame)
 
-    def publisher(self) -> Callable[[Any], int]:
+    def publisher(self) -> Callable[[Item], int]:
         return self._hub().publish
 
     def flush(self) -> int:
@@ -242,8 +269,8 @@ class LocalNode:
     def clients(self) -> list[Client]:
         return self.hub.clients if self.hub is not None else []
 
-    def stats(self) -> dict[str, Any]:
-        s: dict[str, Any] = self.hub.stats() if self.hub is not None else {"connections": 0}
+    def stats(self) -> Stats:
+        s: Stats = self.hub.stats() if self.hub is not None else {"connections": 0}
         s.update(
             connections_total=self.connections_total,
             rejected=dict(self.rejected),
@@ -260,7 +287,7 @@ class LocalNode:
     def count_rejected(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
-    def _http_response(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    def _http_response(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:
         if 200 <= status < 300:
             response = WSUpgradeResponse.create_ok_response(body, headers or {})
             response.status = HTTPStatus(status)
@@ -268,7 +295,7 @@ class LocalNode:
             response = WSUpgradeResponse.create_error_response(HTTPStatus(status), body, headers or {})
         return WSUpgradeResponseWithListener(response, None)
 
-    def _listener_factory(self, request: WSUpgradeRequest) -> Any:
+    def _listener_factory(self, request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener:
         hub = self.hub
         if hub is None or self._server is None:
             return self._http_response(503, b"server is stopping")
@@ -353,5 +380,5 @@ class LocalNode:
         n = self.hub.reap(since)
         if n:
             self.heartbeat_timeouts += n
-            logger.warning("heartbeat: closed %d clients that did not answer a ping in %.3gs", n,
+            logger.warning("heartbeat: closed %s that did not answer a ping in %.3gs", plural(n, "client"),
                            self.config.effective_heartbeat_timeout)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
-from typing import Any
 
 __all__ = ["PAGE_HEADERS", "page_bytes", "page_route"]
 
@@ -34,6 +33,6 @@ def page_bytes() -> bytes:
     return resources.files("fastws").joinpath("static", "dashboard.html").read_bytes()
 
 
-def page_route(request: Any = None) -> tuple[int, dict[str, str], bytes]:
+def page_route(request: object = None) -> tuple[int, dict[str, str], bytes]:
     """A :meth:`fastws.Server.add_route` handler that answers with the page."""
     return 200, dict(PAGE_HEADERS), page_bytes()

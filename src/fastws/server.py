@@ -15,13 +15,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from . import auth as _auth
 from . import metrics as _metrics
 from ._core import Client, Hub, encode_frame
+from ._types import ConfigDict, ConfigValue, Item, Stats
 from .config import ServerConfig
 from .encoding import count_nonfinite, fallback_encode
 from .exceptions import ConfigError, EncodeError, ServerError
@@ -51,19 +52,19 @@ class FrameEncoder:
         self.encode_errors = 0
         self.nonfinite_numbers = 0
 
-    def _count_nonfinite(self, item: Any) -> int:
+    def _count_nonfinite(self, item: Item) -> int:
         n = count_nonfinite(item)
         self.nonfinite_numbers += n
         return n
 
-    def __call__(self, item: Any) -> bytes:
+    def __call__(self, item: Item) -> bytes:
         try:
             return encode_frame(item, fallback_encode, self._count_nonfinite, self.max_size)
         except EncodeError:
             self.encode_errors += 1
             raise
 
-    def add_stats(self, s: dict[str, Any]) -> None:
+    def add_stats(self, s: Stats) -> None:
         s["encode_errors"] = int(s.get("encode_errors", 0)) + self.encode_errors
         s["nonfinite_numbers"] = int(s.get("nonfinite_numbers", 0)) + self.nonfinite_numbers
 
@@ -81,18 +82,18 @@ class Server:
 
     def __init__(
         self,
-        config: ServerConfig | dict[str, Any] | None = None,
+        config: ServerConfig | ConfigDict | None = None,
         *,
-        on_message: Callable[[Client, str | bytes], Any] | None = None,
-        on_connect: Callable[[Client], Any] | None = None,
-        on_disconnect: Callable[[Client], Any] | None = None,
+        on_message: Callable[[Client, str | bytes], object] | None = None,
+        on_connect: Callable[[Client], object] | None = None,
+        on_disconnect: Callable[[Client], object] | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        auth_check: Callable[[Any], Refusal | None] | None = None,
+        auth_check: HandshakeCheck | None = None,
         connection_limit: ConnectionLimit | None = None,
-        **settings: Any,
+        **settings: ConfigValue,
     ) -> None:
         if settings:
-            base: dict[str, Any] = {} if config is None else (
+            base: ConfigDict = {} if config is None else (
                 msgspec.structs.asdict(config) if isinstance(config, ServerConfig) else dict(config))
             base.update(settings)
             config = base
@@ -103,7 +104,7 @@ class Server:
         self._ssl_context = ssl_context
         self._limit = connection_limit  # max_connections kept by a worker pool (fastws.workers)
         self._target: FanOut | None = None
-        self._publish: Callable[[Any], int] = _not_started
+        self._publish: Callable[[Item], int] = _not_started
         self._node: LocalNode | None = None
         self._pool: WorkerPool | None = None
         self._relay: Relay | None = None
@@ -211,7 +212,7 @@ class Server:
             raise RuntimeError("the server is not started")
         return self._target
 
-    def broadcast(self, item: Any) -> int:
+    def broadcast(self, item: Item) -> int:
         """Queue ``item`` for every connected client; return how many it is queued to.
 
         Serialized once (``str`` verbatim, anything else as JSON); everything
@@ -224,7 +225,7 @@ class Server:
         """
         return self._publish(item)
 
-    def broadcast_many(self, items: Iterable[Any]) -> list[int | EncodeError]:
+    def broadcast_many(self, items: Iterable[Item]) -> list[int | EncodeError]:
         """:meth:`broadcast` each item; a bad item gives its :class:`EncodeError` in its slot.
 
         The others are queued, in order, and reach each client in one write.
@@ -290,8 +291,8 @@ class Server:
     def clients(self) -> list[Client]:
         return self._node.clients if self._node is not None and self._target is not None else []
 
-    def stats(self) -> dict[str, Any]:
-        s: dict[str, Any] = self._target.stats() if self._target is not None else {"connections": 0}
+    def stats(self) -> Stats:
+        s: Stats = self._target.stats() if self._target is not None else {"connections": 0}
         self._encoder.add_stats(s)
         s.setdefault("rejected", dict(self.rejected))
         for key in ("connections_total", "heartbeat_timeouts", "handshake_timeouts", "disconnects"):
@@ -320,7 +321,7 @@ class Server:
         self._checks.append(check)
 
 
-def _not_started(item: Any) -> int:
+def _not_started(item: Item) -> int:
     raise RuntimeError("the server is not started")
 
 

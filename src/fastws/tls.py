@@ -20,7 +20,7 @@ import os
 import ssl
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol, cast
 
 from .config import SSLConfig
 from .exceptions import ConfigError
@@ -28,6 +28,12 @@ from .exceptions import ConfigError
 __all__ = ["server_context", "backstop_timeout", "watch_handshakes"]
 
 logger = logging.getLogger("fastws.tls")
+
+
+class _HookedServer(Protocol):
+    """aiofastnet's ``Server``: calls ``_attach(transport)`` for each accepted connection."""
+
+    _attach: Callable[[asyncio.Transport], object]
 
 
 def server_context(config: SSLConfig, path: str = "config.ssl") -> ssl.SSLContext:
@@ -60,7 +66,7 @@ def backstop_timeout(handshake_timeout: float) -> float:
     return handshake_timeout * 2 + 1.0
 
 
-def watch_handshakes(server: Any, timeout: float, on_timeout: Callable[[], None]) -> bool:
+def watch_handshakes(server: asyncio.AbstractServer, timeout: float, on_timeout: Callable[[], None]) -> bool:
     """Close and count (``on_timeout()``) each TLS connection of ``server`` that has not
     finished its handshake ``timeout`` seconds after it was accepted.
 
@@ -76,7 +82,7 @@ def watch_handshakes(server: Any, timeout: float, on_timeout: Callable[[], None]
         return False
     loop = asyncio.get_running_loop()
 
-    def check(ref: weakref.ref[Any]) -> None:
+    def check(ref: weakref.ref[asyncio.Transport]) -> None:
         transport = ref()
         if transport is None or transport.is_closing():
             return  # gone already: finished and closed, or failed before the deadline
@@ -84,9 +90,9 @@ def watch_handshakes(server: Any, timeout: float, on_timeout: Callable[[], None]
             on_timeout()
             transport.abort()
 
-    def attach_and_watch(transport: Any) -> Any:
+    def attach_and_watch(transport: asyncio.Transport) -> object:
         loop.call_later(timeout, check, weakref.ref(transport))  # aiofastnet keeps them in a WeakSet too
         return attach(transport)
 
-    server._attach = attach_and_watch
+    cast(_HookedServer, server)._attach = attach_and_watch
     return True

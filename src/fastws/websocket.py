@@ -6,13 +6,13 @@ constructor, config keys, lifecycle, reports and attributes, on fastws' server.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
-from typing import Any
 
 import anyio
 
 from ._core import Client, encode_frame
+from ._types import ConfigMapping, Item, Record
 from .component import ComposedComponent
 from .config import SERVER_KEY_DOCS, ConfigRequirement, ServerConfig, config_requirements
 from .encoding import fallback_encode
@@ -23,7 +23,7 @@ from .server import Server
 __all__ = ["ClientsView", "WebSocketComponent"]
 
 
-def _check_encodable(item: Any) -> None:
+def _check_encodable(item: Item) -> None:
     """Raise :class:`EncodeError` if a running server would refuse ``item``."""
     try:
         encode_frame(item)
@@ -77,7 +77,7 @@ class WebSocketComponent(ComposedComponent):
     REQUIRED_DEPENDENCIES = ("picows", "msgspec", "uvloop", "anyio")
     settings: ServerConfig
 
-    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, name: str, config: ConfigMapping | None = None) -> None:
         super().__init__(name, config)
         self.server_config: ServerConfig = self.settings
         self.server = Server(self.settings)
@@ -134,7 +134,7 @@ class WebSocketComponent(ComposedComponent):
 
     # -- lifecycle: the server runs from setup() (or start()) to cleanup() (or stop()) --------
 
-    async def setup(self, harness_context: Any = None) -> None:
+    async def setup(self, harness_context: object = None) -> None:
         self._cleaned_up = False
         await self.server.start()
         await super().setup(harness_context)
@@ -163,7 +163,7 @@ class WebSocketComponent(ComposedComponent):
         gone, self._disconnects_seen = total - self._disconnects_seen, total
         return gone
 
-    def _report(self, item: Any, outcome: int | Exception) -> dict[str, Any]:
+    def _report(self, item: Item, outcome: int | Exception) -> Record:
         if isinstance(outcome, Exception):
             self.broadcast_errors += 1
             self.record_error(str(outcome))
@@ -175,7 +175,7 @@ class WebSocketComponent(ComposedComponent):
         self.increment_processed()
         return {"broadcast_to": outcome, "disconnected": self._disconnected(), "message": item}
 
-    def _publish(self, items: list[Any]) -> list[int | Exception]:
+    def _publish(self, items: list[Item]) -> list[int | Exception]:
         """One outcome per item: the clients it was queued to, or why it was not sent."""
         if self.server.is_serving:
             try:
@@ -192,11 +192,11 @@ class WebSocketComponent(ComposedComponent):
                 out.append(0)
         return out
 
-    def _broadcast(self, items: list[Any]) -> list[dict[str, Any]]:
+    def _broadcast(self, items: list[Item]) -> list[Record]:
         """Broadcast ``items`` now (no await); one report each, in order."""
         return [self._report(item, outcome) for item, outcome in zip(items, self._publish(items), strict=True)]
 
-    def broadcast(self, item: Any) -> dict[str, Any]:
+    def broadcast(self, item: Item) -> Record:
         """Broadcast one item now (no await) and return its report."""
         server = self.server
         if not server.is_serving:
@@ -211,7 +211,7 @@ class WebSocketComponent(ComposedComponent):
         self._disconnects_seen = total
         return {"broadcast_to": queued, "disconnected": gone, "message": item}
 
-    async def process_item(self, item: Any) -> dict[str, Any]:
+    async def process_item(self, item: Item) -> Record:
         """Broadcast ``item`` and return its report, without waiting for the write.
 
         Calls made in the same loop turn are written to each client together.
@@ -231,7 +231,7 @@ class WebSocketComponent(ComposedComponent):
         finally:
             await self.close_outputs()
 
-    async def process_batch(self, batch: list[Any]) -> None:
+    async def process_batch(self, batch: list[Item]) -> None:
         if type(self).process_item is not WebSocketComponent.process_item:
             return await super().process_batch(batch)  # a subclass changed the per-item behaviour
         if self._pacer is not None:
@@ -240,7 +240,7 @@ class WebSocketComponent(ComposedComponent):
 
     # -- health ------------------------------------------------------------------------------
 
-    def get_health_status(self) -> dict[str, Any]:
+    def get_health_status(self) -> Record:
         health = super().get_health_status()
         stats = self.server.stats()
         if health["status"] == "healthy" and not self.server.is_serving:

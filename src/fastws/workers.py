@@ -36,14 +36,22 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import msgspec
 
+from ._cliutil import plural
+from ._types import Item, Stats
 from .config import ServerConfig
 from .exceptions import ServerError
 from .fdlimit import check_fd_limit
 from .frames import split_frames
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ctypes
+    from multiprocessing.context import BaseContext, SpawnProcess
+
+    from ._core import Client
 
 __all__ = ["WorkerPool", "ConnectionSlots", "WorkerServer", "LogSetup", "resolve_workers", "worker_main",
            "GAUGES"]
@@ -83,7 +91,7 @@ def log_setup(level: int | None = None) -> LogSetup | None:
     return LogSetup(level, levels)
 
 
-def _add_counters(total: dict[str, Any], stats: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
+def _add_counters(total: Stats, stats: Stats, skip: frozenset[str] = frozenset()) -> None:
     """Add the numbers of ``stats`` (one level of dicts deep) into ``total``."""
     for k, v in stats.items():
         if isinstance(v, bool) or k in skip:
@@ -115,8 +123,8 @@ class ConnectionSlots:
     (``release``). The parent zeroes the count of a worker that died.
     """
 
-    def __init__(self, ctx: Any, n: int, limit: int) -> None:
-        self.counts = ctx.Array("q", n, lock=False)
+    def __init__(self, ctx: BaseContext, n: int, limit: int) -> None:
+        self.counts: ctypes.Array[ctypes.c_longlong] = ctx.Array("q", n, lock=False)
         self.lock = ctx.Lock()
         self.limit = limit
         self.index = -1
@@ -137,7 +145,7 @@ class ConnectionSlots:
     def release(self) -> None:
         self.counts[self.index] -= 1
 
-    def check_connected(self, client: Any) -> None:
+    def check_connected(self, client: Client) -> None:
         """Called one loop turn after ``acquire``: a handshake that failed gives the slot back."""
         if client.transport is None:
             self.release()
@@ -154,11 +162,11 @@ class _Worker:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.process: Any = None
+        self.process: SpawnProcess | None = None
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[int] | None = None
         self.pid: int | None = None
-        self.stats: dict[str, Any] = {}
+        self.stats: Stats = {}
         self.started = 0.0
         self.dropped = 0
         self.rest = b""
@@ -203,7 +211,7 @@ class WorkerPool:
         n: int,
         *,
         target: Callable[[ServerConfig, int, socket.socket, ConnectionSlots, LogSetup | None], None],
-        encode: Callable[[Any], bytes],
+        encode: Callable[[Item], bytes],
         log_level: int | None = None,
     ) -> None:
         """``target`` runs in each worker process (it calls :func:`worker_main`);
@@ -226,7 +234,7 @@ class WorkerPool:
         # each worker logs as this process does: a connection logs what it logs with one process
         self._log_setup = log_setup(log_level)
         # counters of workers that exited, so that the totals never go backwards (see stats())
-        self._retired: dict[str, Any] = {"disconnects": 0, "disconnect_reasons": {WORKER_EXIT: 0}}
+        self._retired: Stats = {"disconnects": 0, "disconnect_reasons": {WORKER_EXIT: 0}}
         self.messages = 0
         self.frames_dropped = 0
 
@@ -290,7 +298,7 @@ class WorkerPool:
 
     def _on_exit(self, w: _Worker) -> None:
         p = w.process
-        assert self._loop is not None
+        assert self._loop is not None and p is not None  # the reader is removed before process is cleared
         self._loop.remove_reader(p.sentinel)
         # The sentinel is readable once the child has closed its end, which the kernel does a
         # moment before the exit status can be waited for: join(0) could miss it (exit code
@@ -304,9 +312,9 @@ class WorkerPool:
             return
         ran = time.monotonic() - w.started
         delay = 0.0 if ran > 10 else min(5.0, 0.1 * 2 ** min(self.restarts, 6))
-        logger.warning("worker %d (pid %s) exited with code %s after %.1fs with %d clients (counted as "
+        logger.warning("worker %d (pid %s) exited with code %s after %.1fs with %s (counted as "
                        "disconnects, reason worker_exit); starting a replacement", w.index, p.pid, p.exitcode,
-                       ran, lost)
+                       ran, plural(lost, "client"))
         self.restarts += 1
         task = self._loop.create_task(self._respawn(w, delay))
         self._respawns.add(task)
@@ -378,11 +386,11 @@ class WorkerPool:
 
     # -- broadcasting (the fan-out target of a parent: fastws.fanout.FanOut) -----------
 
-    def publish(self, item: Any) -> int:
+    def publish(self, item: Item) -> int:
         """Frame ``item`` once and queue it for every worker."""
         return self.publish_frame(self._encode(item))
 
-    def publisher(self) -> Callable[[Any], int]:
+    def publisher(self) -> Callable[[Item], int]:
         return self.publish
 
     def publish_frame(self, frame: bytes) -> int:
@@ -433,9 +441,9 @@ class WorkerPool:
     def pids(self) -> list[int | None]:
         return [w.process.pid if w.process is not None else None for w in self._workers]
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         """The workers' counters added up (as of their last report), and each worker's."""
-        total: dict[str, Any] = {}
+        total: Stats = {}
         _add_counters(total, self._retired)  # workers that exited: counters stay monotonic
         for w in self._workers:
             _add_counters(total, w.stats, frozenset({"uptime"}))
@@ -471,7 +479,7 @@ class WorkerServer(Protocol):
 
     async def stop(self) -> None: ...
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> Stats: ...
 
     def broadcast_frame(self, frame: bytes) -> int: ...
 

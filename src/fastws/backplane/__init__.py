@@ -29,14 +29,20 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
+from .._types import Stats
 from ..exceptions import ConfigError
 from ..frames import split_frames
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Unpack
 
 __all__ = ["Backplane", "create_backplane", "split_frames"]
 
 logger = logging.getLogger("fastws.backplane")
+#: Seconds a broker connection has to close when the backplane stops.
+CLOSE_TIMEOUT = 1.0
 
 MAGIC = b"FWS1"
 KIND_FRAMES = ord("F")
@@ -45,6 +51,16 @@ HEADER_LEN = len(MAGIC) + 1 + 16
 
 #: Counters each node shares with the others (from ``Server.stats()``).
 SHARED_STATS = ("connections", "messages", "deliveries", "bytes_out", "dropped", "slow_disconnects")
+
+
+class BackplaneOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`Backplane` after ``url`` and ``channel``."""
+
+    node_id: str | None
+    max_pending_bytes: int
+    reconnect_min: float
+    reconnect_max: float
+    stats_interval: float
 
 
 class Backplane:
@@ -95,12 +111,12 @@ class Backplane:
         self._stats_msg: bytes | None = None
         self._task: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
-        self._on_frame: Callable[[bytes], Any] | None = None
-        self._local_stats: Callable[[], dict[str, Any]] | None = None
+        self._on_frame: Callable[[bytes], object] | None = None
+        self._local_stats: Callable[[], Stats] | None = None
         self._up: asyncio.Event | None = None
         self._down_since: float | None = None
         self._failed_at_down = 0
-        self.peers: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.peers: dict[str, tuple[float, Stats]] = {}
         self._header_frames = MAGIC + bytes([KIND_FRAMES]) + self.node_id
         self._header_stats = MAGIC + bytes([KIND_STATS]) + self.node_id
 
@@ -118,9 +134,9 @@ class Backplane:
 
     async def start(
         self,
-        on_frame: Callable[[bytes], Any],
+        on_frame: Callable[[bytes], object],
         *,
-        local_stats: Callable[[], dict[str, Any]] | None = None,
+        local_stats: Callable[[], Stats] | None = None,
         wait: float = 5.0,
     ) -> bool:
         """Connect and subscribe in the background; wait up to ``wait`` s for the first connection.
@@ -157,7 +173,11 @@ class Backplane:
         self._task = self._stats_task = None
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # bounded: stopping the server must not wait on a broker client that does not let go
+        _, pending = await asyncio.wait(tasks, timeout=2 * CLOSE_TIMEOUT)
+        if pending:
+            logger.warning("backplane %s: the broker connection did not close in %.1fs; left behind",
+                           self.safe_url, 2 * CLOSE_TIMEOUT)
         if self._queue:
             self.publish_failed += len(self._queue)
             self._queue.clear()
@@ -287,8 +307,9 @@ class Backplane:
 
     async def _close_quietly(self) -> None:
         try:
-            await self._close()
-        except Exception as exc:  # the connection is gone anyway
+            async with asyncio.timeout(CLOSE_TIMEOUT):  # a broker client's close can hang when cancelled
+                await self._close()
+        except (Exception, TimeoutError) as exc:  # the connection is gone anyway
             logger.debug("backplane %s: close: %r", self.safe_url, exc)
 
     # -- receiving -------------------------------------------------------------------
@@ -329,7 +350,7 @@ class Backplane:
 
     # -- cluster totals -------------------------------------------------------------------
 
-    def _node_stats(self) -> dict[str, Any]:
+    def _node_stats(self) -> Stats:
         local = self._local_stats() if self._local_stats is not None else {}
         s = {k: local.get(k, 0) for k in SHARED_STATS}
         s.update(published=self.published, publish_failed=self.publish_failed, received=self.received,
@@ -344,7 +365,7 @@ class Backplane:
                 assert self._wakeup is not None
                 self._wakeup.set()
 
-    def cluster_stats(self) -> dict[str, Any]:
+    def cluster_stats(self) -> Stats:
         """This node and every node heard from in the last 3 stats intervals, and their totals."""
         horizon = time.monotonic() - 3 * max(self.stats_interval, 0.1)
         for node in [n for n, (t, _) in self.peers.items() if t < horizon]:
@@ -354,7 +375,7 @@ class Backplane:
         totals = {k: sum(int(s.get(k, 0)) for s in nodes.values()) for k in SHARED_STATS + ("publish_failed",)}
         return {"nodes": len(nodes), **totals, "per_node": nodes}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         return {
             "url": self.safe_url,
             "channel": self.channel,
@@ -391,7 +412,7 @@ class Backplane:
         return True
 
 
-def create_backplane(url: str, channel: str = "fastws", **options: Any) -> Backplane:
+def create_backplane(url: str, channel: str = "fastws", **options: Unpack[BackplaneOptions]) -> Backplane:
     """The backplane for ``url``: ``redis://``/``rediss://``, ``nats://``/``tls://``, ``memory://``."""
     scheme = url.partition("://")[0].lower()
     if scheme in ("redis", "rediss"):

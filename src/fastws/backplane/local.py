@@ -7,9 +7,12 @@ broker backplanes do (node ids, own messages dropped, counters, stats messages).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING
 
-from . import Backplane
+from . import Backplane, BackplaneOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Unpack
 
 __all__ = ["LocalBackplane"]
 
@@ -17,7 +20,7 @@ _channels: dict[tuple[str, str], set[LocalBackplane]] = {}
 
 
 class LocalBackplane(Backplane):
-    def __init__(self, url: str, channel: str = "fastws", **options: Any) -> None:
+    def __init__(self, url: str, channel: str = "fastws", **options: Unpack[BackplaneOptions]) -> None:
         super().__init__(url, channel, **options)
         self._key = (url, channel)
         self._gone: asyncio.Event | None = None

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
-from . import Backplane
+from . import Backplane, BackplaneOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Unpack
+
+    from nats.aio.client import Client as NATSClient
+    from nats.aio.msg import Msg
 
 __all__ = ["NatsBackplane"]
 
@@ -21,7 +27,7 @@ logger = logging.getLogger("fastws.backplane")
 
 
 class NatsBackplane(Backplane):
-    def __init__(self, url: str, channel: str = "fastws", **options: Any) -> None:
+    def __init__(self, url: str, channel: str = "fastws", **options: Unpack[BackplaneOptions]) -> None:
         try:
             import nats  # noqa: F401
         except ImportError as exc:
@@ -30,7 +36,7 @@ class NatsBackplane(Backplane):
 
             raise ConfigError(missing_extra(url) or f"backplane: {url} needs {exc}") from None
         super().__init__(url, channel, **options)
-        self._nc: Any = None
+        self._nc: NATSClient | None = None
         self._closed: asyncio.Event | None = None
 
     async def _connect(self) -> None:
@@ -57,7 +63,7 @@ class NatsBackplane(Backplane):
         self.max_batch_bytes = min(type(self).max_batch_bytes, self._nc.max_payload - 64)
         on_message = self._on_message
 
-        async def on_msg(msg: Any) -> None:
+        async def on_msg(msg: Msg) -> None:
             on_message(msg.data)
 
         await self._nc.subscribe(self.channel, cb=on_msg)

@@ -8,15 +8,21 @@ message is published does not get it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from . import Backplane
+from . import Backplane, BackplaneOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Unpack
+
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
 
 __all__ = ["RedisBackplane"]
 
 
 class RedisBackplane(Backplane):
-    def __init__(self, url: str, channel: str = "fastws", **options: Any) -> None:
+    def __init__(self, url: str, channel: str = "fastws", **options: Unpack[BackplaneOptions]) -> None:
         try:
             import redis.asyncio  # noqa: F401
         except ImportError as exc:
@@ -25,9 +31,9 @@ class RedisBackplane(Backplane):
 
             raise ConfigError(missing_extra(url) or f"backplane: {url} needs {exc}") from None
         super().__init__(url, channel, **options)
-        self._pub: Any = None
-        self._sub: Any = None
-        self._ps: Any = None
+        self._pub: Redis | None = None
+        self._sub: Redis | None = None
+        self._ps: PubSub | None = None
 
     async def _connect(self) -> None:
         from redis.asyncio import Redis
@@ -55,10 +61,13 @@ class RedisBackplane(Backplane):
                 self._on_message(msg["data"])
 
     async def _send(self, data: bytes) -> None:
-        await self._pub.publish(self.channel, data)
+        pub = self._pub
+        assert pub is not None  # _send runs only while connected
+        await pub.publish(self.channel, data)
 
     async def _receive_forever(self) -> None:
         ps = self._ps
+        assert ps is not None  # called once connected
         on_message = self._on_message
         while True:
             msg = await ps.get_message(timeout=None)
@@ -69,7 +78,7 @@ class RedisBackplane(Backplane):
         ps, sub, pub = self._ps, self._sub, self._pub
         self._ps = self._sub = self._pub = None
         if ps is not None:
-            await ps.aclose()
+            await ps.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
         if sub is not None:
             await sub.aclose()
         if pub is not None:

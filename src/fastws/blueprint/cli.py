@@ -12,12 +12,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TypeVar
 
 import msgspec
 import msgspec.yaml
 
 from fastws._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, plural, url
+from fastws._types import ConfigDict
 from fastws.blueprint.runner import System
 from fastws.blueprint.schema import BlueprintError, ComponentError
 from fastws.exceptions import ConfigError, FastWSError
@@ -29,7 +30,12 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 
 
-def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+_P = TypeVar("_P", bound=argparse.ArgumentParser)
+
+
+def register(
+    subparsers: argparse._SubParsersAction[_P], add_common: Callable[[argparse.ArgumentParser], None] | None = None
+) -> None:
     """Add ``run`` and ``validate`` to an argparse subparsers object.
 
     ``add_common(parser)`` adds the options every subcommand takes (``--log-level``).
@@ -79,13 +85,13 @@ def _add_set_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+def parse_overrides(items: Sequence[str]) -> dict[str, ConfigDict]:
     """``["ws.port=0", "src.data_count=null"]`` -> ``{"ws": {"port": 0}, "src": {"data_count": None}}``.
 
     VALUE is YAML; text that is not valid YAML (``x=[``) is an error, not a string:
     quote it (``x='"["'``) to mean the text.
     """
-    overrides: dict[str, dict[str, Any]] = {}
+    overrides: dict[str, ConfigDict] = {}
     for item in items:
         target, eq, raw = item.partition("=")
         comp, dot, key = target.rpartition(".")

@@ -24,7 +24,6 @@ import signal
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -32,6 +31,8 @@ import msgspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from fastws._cliutil import plural
+from fastws._types import ConfigDict, ConfigMapping, Item
 from fastws.blueprint.schema import (
     BindingSpec,
     BlueprintError,
@@ -68,7 +69,7 @@ class Edge:
         return f"{self.from_component}.{self.from_port} -> {self.to_component}.{self.to_port}"
 
 
-class FanOutSendStream(ObjectSendStream[Any]):
+class FanOutSendStream(ObjectSendStream[Item]):
     """One output port bound to several inputs: every item goes to each of them.
 
     A receiver that has gone away is dropped; the others go on. When none is
@@ -76,7 +77,7 @@ class FanOutSendStream(ObjectSendStream[Any]):
     closes them all.
     """
 
-    def __init__(self, targets: list[MemoryObjectSendStream[Any]]) -> None:
+    def __init__(self, targets: list[MemoryObjectSendStream[Item]]) -> None:
         self.targets = list(targets)
         self._closed = False
 
@@ -86,7 +87,7 @@ class FanOutSendStream(ObjectSendStream[Any]):
         if not self.targets:
             raise anyio.BrokenResourceError
 
-    def send_nowait(self, item: Any) -> None:
+    def send_nowait(self, item: Item) -> None:
         """Deliver to every receiver now, or to none (raising :class:`anyio.WouldBlock`)."""
         self._check()
         for target in self.targets:
@@ -102,7 +103,7 @@ class FanOutSendStream(ObjectSendStream[Any]):
         if not self.targets:
             raise anyio.BrokenResourceError
 
-    async def send(self, item: Any) -> None:
+    async def send(self, item: Item) -> None:
         self._check()
         await anyio.lowlevel.checkpoint()
         for target in list(self.targets):
@@ -116,7 +117,7 @@ class FanOutSendStream(ObjectSendStream[Any]):
         if not self.targets:
             raise anyio.BrokenResourceError
 
-    def _drop(self, target: MemoryObjectSendStream[Any]) -> None:
+    def _drop(self, target: MemoryObjectSendStream[Item]) -> None:
         self.targets.remove(target)
         target.close()
 
@@ -132,7 +133,7 @@ class FanOutSendStream(ObjectSendStream[Any]):
 # -- validation --------------------------------------------------------------------------
 
 
-def _split_endpoint(value: str, names: Mapping[str, Any], default_port: str) -> tuple[str, str] | None:
+def _split_endpoint(value: str, names: Mapping[str, object], default_port: str) -> tuple[str, str] | None:
     if value in names:
         return value, default_port
     comp, dot, port = value.rpartition(".")
@@ -142,7 +143,7 @@ def _split_endpoint(value: str, names: Mapping[str, Any], default_port: str) -> 
 
 
 def _binding_edges(
-    i: int, b: BindingSpec, names: Mapping[str, Any], errors: list[str]
+    i: int, b: BindingSpec, names: Mapping[str, object], errors: list[str]
 ) -> list[tuple[str, str, str, str, str, str]]:
     """Resolve a binding into (from, from_port, to, to_port, from_field, to_field) tuples."""
     where = f"bindings[{i}]"
@@ -207,7 +208,7 @@ def _port_field(field: str) -> str:
 @dataclass
 class _Plan:
     classes: dict[str, type[ComposedComponent]]
-    configs: dict[str, dict[str, Any]]
+    configs: dict[str, ConfigDict]
     types: dict[str, str]
     edges: list[Edge]
     warnings: list[str]
@@ -217,7 +218,7 @@ def _validate(
     bp: BlueprintFile,
     source: str,
     strict: bool = False,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, ConfigMapping] | None = None,
 ) -> _Plan:
     """Check the blueprint against the component contract (:mod:`fastws.component`).
 
@@ -231,7 +232,7 @@ def _validate(
     warnings: list[str] = []
     spec = bp.system
     classes: dict[str, type[ComposedComponent]] = {}
-    configs: dict[str, dict[str, Any]] = {}
+    configs: dict[str, ConfigDict] = {}
     types: dict[str, str] = {}
     first_index: dict[str, int] = {}
     if not spec.components:
@@ -255,7 +256,7 @@ def _validate(
         # every bad key, not only the first; the bindings below are still checked
         config_errors, notes, usable = check_component_config(cls, comp.config, f"{where}.config")
         given = (overrides or {}).get(comp.name, {})
-        refused = (*config_errors, *notes) if strict else config_errors
+        refused = (*config_errors, *(n.strictly() for n in notes)) if strict else config_errors
         errors.extend(placed + p.blamed(source, comp.name, given) for p in refused)
         warnings.extend(p.blamed(source, comp.name, given) for p in (() if strict else notes))
         classes[comp.name] = cls
@@ -322,7 +323,7 @@ def _no_port(field: str, comp: str, type_name: str, kind: str, port: str, ports:
     return f"{field}: component {comp!r} ({type_name}) has no {kind} port {port!r}; its {kind} ports are: {', '.join(ports)}"
 
 
-def _apply_overrides(bp: BlueprintFile, overrides: Mapping[str, Mapping[str, Any]] | None) -> BlueprintFile:
+def _apply_overrides(bp: BlueprintFile, overrides: Mapping[str, ConfigMapping] | None) -> BlueprintFile:
     if not overrides:
         return bp
     comps = {c.name: c for c in bp.system.components}
@@ -361,7 +362,7 @@ class System:
         blueprint: BlueprintFile,
         *,
         source: str = "<blueprint>",
-        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        overrides: Mapping[str, ConfigMapping] | None = None,
         strict: bool = False,
     ) -> None:
         self.blueprint = _apply_overrides(blueprint, overrides)
@@ -377,7 +378,7 @@ class System:
         self.failures: dict[str, str] = {}
         self._started: list[ComposedComponent] = []
         self._task: asyncio.Task[None] | None = None
-        self._streams: list[Any] = []
+        self._streams: list[ObjectSendStream[Item] | ObjectReceiveStream[Item]] = []
         self._stopped = False
 
     # -- construction -----------------------------------------------------------
@@ -387,7 +388,7 @@ class System:
         cls,
         path: str | os.PathLike[str],
         *,
-        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        overrides: Mapping[str, ConfigMapping] | None = None,
         strict: bool = False,
     ) -> System:
         return cls(load_blueprint(path), source=os.fspath(path), overrides=overrides, strict=strict)
@@ -398,7 +399,7 @@ class System:
         text: str | bytes,
         *,
         source: str = "<string>",
-        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        overrides: Mapping[str, ConfigMapping] | None = None,
         strict: bool = False,
     ) -> System:
         return cls(decode_blueprint(text, source), source=source, overrides=overrides, strict=strict)
@@ -406,10 +407,10 @@ class System:
     @classmethod
     def from_dict(
         cls,
-        data: Mapping[str, Any],
+        data: ConfigMapping,
         *,
         source: str = "<dict>",
-        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        overrides: Mapping[str, ConfigMapping] | None = None,
         strict: bool = False,
     ) -> System:
         return cls(convert_blueprint(dict(data), source), source=source, overrides=overrides, strict=strict)
@@ -429,21 +430,21 @@ class System:
             except Exception as exc:
                 raise ComponentError(comp.name, comp.type, "__init__", exc) from exc
         receivers: dict[
-            tuple[str, str], tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]
+            tuple[str, str], tuple[MemoryObjectSendStream[Item], MemoryObjectReceiveStream[Item]]
         ] = {}
-        senders: dict[tuple[str, str], list[MemoryObjectSendStream[Any]]] = {}
+        senders: dict[tuple[str, str], list[MemoryObjectSendStream[Item]]] = {}
         for edge in plan.edges:
             key = (edge.to_component, edge.to_port)
             if key not in receivers:
                 buffer = max(e.buffer_size for e in plan.edges if (e.to_component, e.to_port) == key)
-                receivers[key] = anyio.create_memory_object_stream[Any](buffer)
+                receivers[key] = anyio.create_memory_object_stream[Item](buffer)
             senders.setdefault((edge.from_component, edge.from_port), []).append(receivers[key][0].clone())
         for (name, port), (send, receive) in receivers.items():
             send.close()  # only the clones held by senders keep it open
             components[name].receive_streams[port] = receive
             self._streams.append(receive)
         for (name, port), clones in senders.items():
-            out: ObjectSendStream[Any] = clones[0] if len(clones) == 1 else FanOutSendStream(clones)
+            out: ObjectSendStream[Item] = clones[0] if len(clones) == 1 else FanOutSendStream(clones)
             components[name].send_streams[port] = out
             self._streams.append(out)
         self.components = components
@@ -504,7 +505,8 @@ class System:
             self._close_streams()
             raise
         logger.info(
-            "system %r started: %d components, %d bindings", self.name, len(self.components), len(self.edges)
+            "system %r started: %s, %s", self.name, plural(len(self.components), "component"),
+            plural(len(self.edges), "binding")
         )
         self._task = asyncio.create_task(self._process_all(), name=f"fastws-system-{self.name}")
 
@@ -590,7 +592,7 @@ class System:
             logger.exception("system %r: component %r failed; the others go on", self.name, comp.name)
         finally:
             # Outputs closed: downstream sees the end. Inputs closed: upstream is not blocked.
-            streams: list[ObjectSendStream[Any] | ObjectReceiveStream[Any]] = [
+            streams: list[ObjectSendStream[Item] | ObjectReceiveStream[Item]] = [
                 *comp.send_streams.values(),
                 *comp.receive_streams.values(),
             ]
@@ -610,7 +612,7 @@ class System:
             _close(stream)
 
 
-def _close(stream: ObjectSendStream[Any] | ObjectReceiveStream[Any]) -> None:
+def _close(stream: ObjectSendStream[Item] | ObjectReceiveStream[Item]) -> None:
     close = getattr(stream, "close", None)
     if callable(close):
         close()

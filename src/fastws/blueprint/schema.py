@@ -17,16 +17,18 @@ and the line (syntax) or the field path (``components[1].config.port``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import msgspec.json
 import msgspec.yaml
 
+from fastws._types import ConfigDict, ConfigMapping, ConfigValue
 from fastws.components._base import translate_validation_error
 from fastws.config import FRAMEWORK_KEYS
 from fastws.exceptions import ConfigError, FastWSError
@@ -108,7 +110,7 @@ class ComponentSpec(msgspec.Struct, forbid_unknown_fields=True):
     #: A built-in name (``Source``, ``WebSocket``, ...) or ``"package.module:ClassName"``.
     type: str
     #: Component settings, checked by the component class.
-    config: dict[str, Any] = {}
+    config: dict[str, ConfigValue] = {}
     description: str | None = None
 
 
@@ -123,7 +125,7 @@ class SystemSpec(msgspec.Struct, forbid_unknown_fields=True):
 class BlueprintFile(msgspec.Struct, forbid_unknown_fields=True):
     system: SystemSpec
     schema_version: str | None = None
-    metadata: dict[str, Any] = {}
+    metadata: dict[str, ConfigValue] = {}
 
 
 _LINE_RE = re.compile(r'\s*in "[^"]*", line (\d+), column (\d+)')
@@ -132,8 +134,8 @@ _LINE_RE = re.compile(r'\s*in "[^"]*", line (\d+), column (\d+)')
 # -- component configs: every problem, one wording ------------------------------------------
 
 def split_known(
-    known: Iterable[str], config: Mapping[str, Any], ignore: Iterable[str] = FRAMEWORK_KEYS
-) -> tuple[dict[str, Any], list[str]]:
+    known: Iterable[str], config: ConfigMapping, ignore: Iterable[str] = FRAMEWORK_KEYS
+) -> tuple[ConfigDict, list[str]]:
     """``(the items of config whose key is known or ignored, the other keys in order)``.
 
     (Meant for ``ServerConfig``/component configs; it may move next to them in fastws.config.)
@@ -162,7 +164,11 @@ class ConfigProblem:
     def __str__(self) -> str:
         return f"{self.path}: {self.why}"
 
-    def blamed(self, source: str, component: str, overrides: Mapping[str, Any]) -> str:
+    def strictly(self) -> ConfigProblem:
+        """This problem as ``validate --strict`` reports it: an unknown key is refused, not ignored."""
+        return dataclasses.replace(self, why=self.why.replace("unknown key, ignored", "unknown key (--strict)", 1))
+
+    def blamed(self, source: str, component: str, overrides: ConfigMapping) -> str:
         """The line to show: a value from ``overrides`` (``--set``) is blamed on the override
         (``overrides: ws.port=70000: ...``), anything else on ``source``."""
         if self.key is not None and self.key in overrides:
@@ -171,7 +177,7 @@ class ConfigProblem:
         return f"{source}: {self.path}: {self.why}"
 
 
-def _yaml_text(value: Any) -> str:
+def _yaml_text(value: object) -> str:
     return value if isinstance(value, str) else msgspec.json.encode(value).decode()
 
 
@@ -187,8 +193,8 @@ def _locate(line: str, where: str) -> tuple[str | None, str, str]:
 
 
 def check_component_config(
-    cls: type, config: Any, where: str
-) -> tuple[list[ConfigProblem], list[ConfigProblem], dict[str, Any]]:
+    cls: type, config: object, where: str
+) -> tuple[list[ConfigProblem], list[ConfigProblem], ConfigDict]:
     """Check a component's config and report every problem, not only the first.
 
     Returns ``(errors, warnings, usable_config)``. ``cls.validate_config(config, where)``
@@ -257,7 +263,7 @@ def decode_blueprint(data: bytes | str, source: str = "<blueprint>") -> Blueprin
     return convert_blueprint(raw, source)
 
 
-def convert_blueprint(raw: Any, source: str = "<blueprint>") -> BlueprintFile:
+def convert_blueprint(raw: object, source: str = "<blueprint>") -> BlueprintFile:
     """Check already-parsed data (dicts and lists) against the schema."""
     if raw is None:
         raise BlueprintError(f"{source}: the blueprint is empty; expected a mapping with a 'system' key")

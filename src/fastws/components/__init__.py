@@ -10,7 +10,6 @@ subclass.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from fastws.component import ComposedComponent
 from fastws.components.filter import Filter
@@ -85,7 +84,7 @@ def resolve_component_type(type_name: str, path: str = "type") -> type[ComposedC
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"{path}: cannot import module {module_name!r}: {exc}") from None
-    obj: Any = module
+    obj: object = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

@@ -4,8 +4,8 @@ per item applied a batch at a time. The contract itself is in :mod:`fastws.compo
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
+from fastws._types import Item
 from fastws.component import ComposedComponent, receive_batches, send_batch
 from fastws.config import translate_validation_error
 
@@ -27,13 +27,13 @@ class BuiltinComponent(ComposedComponent):
 
     READS_ALL_INPUTS = False
 
-    def handle(self, item: Any) -> Any:
+    def handle(self, item: Item) -> Item:
         return item
 
-    async def process_item(self, item: Any) -> Any:
+    async def process_item(self, item: Item) -> Item:
         return self.handle(item)
 
-    async def process_batch(self, batch: list[Any]) -> None:
+    async def process_batch(self, batch: list[Item]) -> None:
         out = self.map_items(self.handle, batch)
         if out:
             await self.emit(out)

@@ -33,16 +33,19 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any
 
 from fastws._paths import getter
+from fastws._types import Item
 from fastws.exceptions import ConfigError
 
 __all__ = ["Expression", "ExpressionError", "compile_expression"]
 
-_MISSING: Any = None
+_MISSING = None
 
-Evaluator = Callable[[Any], Any]
+#: A compiled expression: reads an item, gives a value (a field of the item, a constant, a bool).
+Evaluator = Callable[[Item], Item]
+#: A comparison of two such values (False when they cannot be compared).
+Comparator = Callable[[Item, Item], bool]
 
 
 class ExpressionError(ConfigError):
@@ -71,7 +74,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "0"
 class _Token:
     __slots__ = ("kind", "value", "pos")
 
-    def __init__(self, kind: str, value: Any, pos: int) -> None:
+    def __init__(self, kind: str, value: str | int | float | None, pos: int) -> None:
         self.kind = kind  # "num", "str", "name", "kw", "op", "end"
         self.value = value
         self.pos = pos
@@ -106,7 +109,7 @@ def _tokenize(text: str) -> list[_Token]:
                         i += 1
             raw = text[start:i]
             try:
-                value: Any = int(raw) if raw.replace("_", "").isdigit() else float(raw)
+                value: int | float = int(raw) if raw.replace("_", "").isdigit() else float(raw)
             except ValueError:
                 raise _error(text, start, f"invalid number {raw!r}") from None
             tokens.append(_Token("num", value, start))
@@ -167,13 +170,13 @@ def _error(text: str, pos: int, msg: str) -> ExpressionError:
 # -- evaluation helpers --------------------------------------------------------------
 
 
-def _lookup(path: tuple[Any, ...]) -> Evaluator:
+def _lookup(path: tuple[str | int | float, ...]) -> Evaluator:
     """Return a function reading ``path`` from an item; missing steps give None."""
     return getter(path, default=_MISSING)
 
 
-def _ordered(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
-    def compare(a: Any, b: Any) -> bool:
+def _ordered(op: Comparator) -> Comparator:
+    def compare(a: Item, b: Item) -> bool:
         if a is None or b is None:
             return False
         try:
@@ -184,7 +187,7 @@ def _ordered(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
     return compare
 
 
-def _contains(a: Any, b: Any) -> bool:
+def _contains(a: Item, b: Item) -> bool:
     if b is None:
         return False
     try:
@@ -193,7 +196,7 @@ def _contains(a: Any, b: Any) -> bool:
         return False
 
 
-def _not_contains(a: Any, b: Any) -> bool:
+def _not_contains(a: Item, b: Item) -> bool:
     if b is None:
         return False
     try:
@@ -202,7 +205,7 @@ def _not_contains(a: Any, b: Any) -> bool:
         return False
 
 
-_COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {
+_COMPARATORS: dict[str, Comparator] = {
     "==": operator.eq,
     "!=": operator.ne,
     "<": _ordered(operator.lt),
@@ -298,7 +301,7 @@ class _Parser:
 
     def _comparison(self) -> Evaluator:
         first = self._operand()
-        ops: list[Callable[[Any, Any], bool]] = []
+        ops: list[Comparator] = []
         operands = [first]
         while (op := self._comp_op()) is not None:
             ops.append(_COMPARATORS[op])
@@ -309,7 +312,7 @@ class _Parser:
             cmp, left, right = ops[0], operands[0], operands[1]
             return lambda item: cmp(left(item), right(item))
 
-        def chain(item: Any) -> bool:
+        def chain(item: Item) -> bool:
             left = operands[0](item)
             for cmp, right_fn in zip(ops, operands[1:], strict=True):
                 right = right_fn(item)
@@ -325,7 +328,9 @@ class _Parser:
             minus = self._next()
             if not self._is("num"):
                 raise _error(self.text, minus.pos, "'-' must be followed by a number")
-            value = -self._next().value
+            number = self._next().value
+            assert isinstance(number, (int, float))  # a "num" token
+            value = -number
             return lambda item: value
         return self._primary()
 
@@ -364,7 +369,8 @@ class _Parser:
 
     def _field(self) -> Evaluator:
         first = self._next()
-        path: list[Any] = [first.value]
+        assert isinstance(first.value, str)  # a "name" token
+        path: list[str | int | float] = [first.value]
         whole_item = first.value == "item"
         if whole_item:
             path = []
@@ -374,6 +380,7 @@ class _Parser:
                 if not self._is("name") and not self._is("kw"):
                     raise self._unexpected("expected a field name after '.'")
                 tok = self._next()
+                assert isinstance(tok.value, str)  # a "name" or "kw" token
                 # keywords are fine as field names after a dot: ``flags.in``
                 path.append(
                     tok.value if tok.kind == "name" else self.text[tok.pos : tok.pos + len(tok.value)]
@@ -381,12 +388,16 @@ class _Parser:
             elif self._is("op", "["):
                 self._next()
                 tok = self.tok
-                if tok.kind == "str" or (tok.kind == "num" and isinstance(tok.value, int)):
+                if (tok.kind == "str" and isinstance(tok.value, str)) or (
+                    tok.kind == "num" and isinstance(tok.value, int)
+                ):
                     self._next()
                     path.append(tok.value)
                 elif tok.kind == "op" and tok.value == "-" and self.tokens[self.i + 1].kind == "num":
                     self._next()
-                    path.append(-self._next().value)
+                    number = self._next().value
+                    assert isinstance(number, (int, float))  # a "num" token
+                    path.append(-number)
                 else:
                     raise self._unexpected("expected a string or an integer index")
                 self._expect_op("]")
@@ -408,10 +419,10 @@ class Expression:
         self.source = source
         self._fn = _Parser(source).parse()
 
-    def __call__(self, item: Any) -> Any:
+    def __call__(self, item: Item) -> Item:
         return self._fn(item)
 
-    def matches(self, item: Any) -> bool:
+    def matches(self, item: Item) -> bool:
         """The expression's value as a bool."""
         return bool(self._fn(item))
 

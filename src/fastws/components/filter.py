@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import msgspec
 
+from fastws._types import ConfigMapping, Item
 from fastws.components._base import BuiltinComponent
 from fastws.components.expr import Expression, ExpressionError
 from fastws.exceptions import ConfigError
@@ -42,12 +43,12 @@ class Filter(BuiltinComponent):
     Config = FilterConfig
     settings: FilterConfig
 
-    def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, name: str, config: ConfigMapping | None = None) -> None:
         super().__init__(name, config)
         self.expressions = self.compile(self.settings, f"{name}.config")
         self.dropped_count = 0
         exprs = self.expressions
-        self._test: Callable[[Any], bool]
+        self._test: Callable[[Item], bool]
         if not exprs:
             self._test = lambda item: True
         elif len(exprs) == 1:
@@ -58,7 +59,7 @@ class Filter(BuiltinComponent):
             self._test = lambda item: any(e(item) for e in exprs)
 
     @classmethod
-    def parse_config(cls, config: Mapping[str, Any] | None, path: str = "config") -> tuple[Any, tuple[str, ...]]:
+    def parse_config(cls, config: ConfigMapping | None, path: str = "config") -> tuple[FilterConfig, tuple[str, ...]]:
         settings, ignored = super().parse_config(config, path)
         cls.compile(settings, path)  # a bad expression is a config error
         return settings, ignored
@@ -81,7 +82,7 @@ class Filter(BuiltinComponent):
                 raise ConfigError(f"{where}: invalid expression: {exc}") from None
         return compiled
 
-    def handle(self, item: Any) -> Any:
+    def handle(self, item: Item) -> Item:
         if self._test(item):
             return item
         self.dropped_count += 1

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Literal
 
 import anyio
 import msgspec
 from anyio.abc import ObjectReceiveStream
 
+from fastws._types import ConfigMapping, Item
 from fastws.components._base import BuiltinComponent, receive_batches
 from fastws.exceptions import ConfigError
 
@@ -18,7 +19,7 @@ __all__ = ["Sink", "SinkConfig"]
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 
 
-def _enc_hook(obj: Any) -> Any:
+def _enc_hook(obj: object) -> str:
     return str(obj)
 
 
@@ -51,9 +52,9 @@ class Sink(BuiltinComponent):
     Config = SinkConfig
     settings: SinkConfig
 
-    def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, name: str, config: ConfigMapping | None = None) -> None:
         super().__init__(name, config)
-        self._items: deque[Any] = deque(maxlen=self.settings.keep_last)
+        self._items: deque[Item] = deque(maxlen=self.settings.keep_last)
         self.count = 0
         self._file: IO[bytes] | None = None
         self._encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
@@ -64,10 +65,10 @@ class Sink(BuiltinComponent):
     OUTPUT_PORTS = ()
 
     @property
-    def items(self) -> list[Any]:
+    def items(self) -> list[Item]:
         return list(self._items)
 
-    async def setup(self, harness_context: Any = None) -> None:
+    async def setup(self, harness_context: object = None) -> None:
         if self.settings.mode == "file" and self._file is None:
             assert self.settings.path is not None
             self._file = open(self.settings.path, "ab")  # noqa: SIM115 - closed in cleanup
@@ -79,7 +80,7 @@ class Sink(BuiltinComponent):
             self._file = None
         await super().cleanup()
 
-    async def wait_for(self, count: int) -> list[Any]:
+    async def wait_for(self, count: int) -> list[Item]:
         """Wait until ``count`` items in total have arrived; return the kept items."""
         while self.count < count:
             if self._arrived is None:
@@ -87,7 +88,7 @@ class Sink(BuiltinComponent):
             await self._arrived.wait()
         return self.items
 
-    def consume(self, batch: list[Any]) -> None:
+    def consume(self, batch: list[Item]) -> None:
         mode = self.settings.mode
         if mode == "log":
             level = _LEVELS[self.settings.level]
@@ -105,7 +106,7 @@ class Sink(BuiltinComponent):
             self._arrived.set()
             self._arrived = None
 
-    async def process_item(self, item: Any) -> Any:
+    async def process_item(self, item: Item) -> Item:
         self.consume([item])
         return None
 
@@ -118,7 +119,7 @@ class Sink(BuiltinComponent):
         finally:
             await self.close_outputs()
 
-    async def _drain(self, stream: ObjectReceiveStream[Any]) -> None:
+    async def _drain(self, stream: ObjectReceiveStream[Item]) -> None:
         async with stream:
             async for batch in receive_batches(stream, self.max_batch):
                 try:

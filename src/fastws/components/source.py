@@ -6,12 +6,13 @@ import itertools
 import random
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import anyio
 import anyio.lowlevel
 import msgspec
 
+from fastws._types import ConfigValue, Item, Record
 from fastws.components._base import BuiltinComponent, utc_now_iso
 from fastws.exceptions import ConfigError
 
@@ -47,7 +48,7 @@ class SourceConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: JSON-lines file for ``generator: file``.
     path: str | None = None
     #: Fields merged into every generated item (``{"source": "alerts"}``).
-    fields: dict[str, Any] = {}
+    fields: dict[str, ConfigValue] = {}
 
     def __post_init__(self) -> None:
         if self.generator == "file" and not self.path:
@@ -76,10 +77,10 @@ class Source(BuiltinComponent):
     INPUT_PORTS = ()
     settings: SourceConfig
 
-    def items(self) -> Iterator[Any]:
+    def items(self) -> Iterator[Item]:
         """The items this source emits, in order (endless when ``data_count`` is null)."""
         s = self.settings
-        gen: Iterator[Any]
+        gen: Iterator[Item]
         if s.generator == "sequence":
             gen = ({"id": i, "value": i, "timestamp": utc_now_iso()} for i in itertools.count(s.start))
         elif s.generator == "metrics":
@@ -96,7 +97,7 @@ class Source(BuiltinComponent):
         count = s.count
         return gen if count is None else itertools.islice(gen, count)
 
-    def _metrics(self) -> Iterator[dict[str, Any]]:
+    def _metrics(self) -> Iterator[Record]:
         rng = random.Random(self.settings.seed)
         names = self.settings.metrics
         for i in itertools.count(self.settings.start):
@@ -111,7 +112,7 @@ class Source(BuiltinComponent):
                 "timestamp": utc_now_iso(),
             }
 
-    def _file_lines(self) -> Iterator[Any]:
+    def _file_lines(self) -> Iterator[Item]:
         assert self.settings.path is not None
         decoder = msgspec.json.Decoder()
         with open(self.settings.path, "rb") as f:
@@ -148,7 +149,7 @@ class Source(BuiltinComponent):
         finally:
             await self.close_outputs()
 
-    async def _emit_fast(self, items: Iterator[Any]) -> None:
+    async def _emit_fast(self, items: Iterator[Item]) -> None:
         # Fill the output buffers without yielding; block (and let downstream run)
         # only when one is full. Downstream then finds bursts, not single items.
         for chunk in iter(lambda: list(itertools.islice(items, 256)), []):

@@ -8,13 +8,14 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import anyio
 import msgspec
 from anyio.abc import ObjectReceiveStream
 
 from fastws._paths import getter, split_dotted
+from fastws._types import ConfigMapping, Item, Record
 from fastws.components._base import BuiltinComponent, receive_batches, utc_now_iso
 
 __all__ = [
@@ -76,11 +77,11 @@ class StreamProcessor(BuiltinComponent):
     settings: StreamProcessorConfig
     VARIANT: ClassVar[str] = ""
 
-    def __new__(cls, name: str, config: Mapping[str, Any] | None = None) -> StreamProcessor:
+    def __new__(cls, name: str, config: ConfigMapping | None = None) -> StreamProcessor:
         return super().__new__(cls.variant_class(config))
 
     @classmethod
-    def variant_class(cls, config: Mapping[str, Any] | None) -> type[StreamProcessor]:
+    def variant_class(cls, config: ConfigMapping | None) -> type[StreamProcessor]:
         """The class for ``config["variant"]`` (``cls`` itself if it is a variant already
         or the variant is not valid: building it then raises the config error)."""
         if cls is not StreamProcessor or not isinstance(config, Mapping):
@@ -88,11 +89,11 @@ class StreamProcessor(BuiltinComponent):
         return _VARIANTS.get(config.get("variant"), cls)  # type: ignore[arg-type]
 
     @classmethod
-    def input_ports(cls, config: Mapping[str, Any] | None = None) -> tuple[str, ...] | None:
+    def input_ports(cls, config: ConfigMapping | None = None) -> tuple[str, ...] | None:
         return cls.variant_class(config).INPUT_PORTS
 
     @classmethod
-    def reads_all_inputs(cls, config: Mapping[str, Any] | None = None) -> bool:
+    def reads_all_inputs(cls, config: ConfigMapping | None = None) -> bool:
         variant = cls.variant_class(config)
         return variant.READS_ALL_INPUTS or len(variant.INPUT_PORTS or ()) > 1
 
@@ -108,11 +109,11 @@ class JoiningProcessor(StreamProcessor):
     INPUT_PORTS = ("left", "right")
     READS_ALL_INPUTS = True
 
-    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, name: str, config: ConfigMapping | None = None) -> None:
         super().__init__(name, config)
         self._join_get = getter(split_dotted(self.settings.join_key), default=None)
         ports = self.INPUT_PORTS or ()
-        self._pending: dict[str, OrderedDict[Hashable, deque[Any]]] = {p: OrderedDict() for p in ports}
+        self._pending: dict[str, OrderedDict[Hashable, deque[Item]]] = {p: OrderedDict() for p in ports}
         self._pending_count = dict.fromkeys(ports, 0)
         self.unmatched_dropped = 0
 
@@ -134,7 +135,7 @@ class JoiningProcessor(StreamProcessor):
         finally:
             await self.close_outputs()
 
-    async def _join_side(self, port: str, stream: ObjectReceiveStream[Any]) -> None:
+    async def _join_side(self, port: str, stream: ObjectReceiveStream[Item]) -> None:
         join = functools.partial(self.join, port)
         async with stream:
             async for batch in receive_batches(stream, self.max_batch):
@@ -142,7 +143,7 @@ class JoiningProcessor(StreamProcessor):
                 if out:
                     await self.emit(out)
 
-    def join(self, port: str, item: Any) -> dict[str, Any] | None:
+    def join(self, port: str, item: Item) -> Record | None:
         """Offer ``item`` arriving on ``port``; return the joined record or ``None``."""
         key = self._join_get(item)
         if key is None:
@@ -191,9 +192,9 @@ class WindowingProcessor(StreamProcessor):
         finally:
             await self.close_outputs()
 
-    async def _windows(self, stream: ObjectReceiveStream[Any]) -> None:
+    async def _windows(self, stream: ObjectReceiveStream[Item]) -> None:
         size = self.settings.window_size
-        window: list[Any] = []
+        window: list[Item] = []
         start = math.floor(time.time() / size) * size
         lock = anyio.Lock()
 
@@ -236,7 +237,7 @@ class DeduplicatingProcessor(StreamProcessor):
 
     VARIANT = "deduplication"
 
-    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, name: str, config: ConfigMapping | None = None) -> None:
         super().__init__(name, config)
         key = self.settings.dedup_key
         self._dedup_get = getter(split_dotted(key), default=None) if key else None
@@ -244,7 +245,7 @@ class DeduplicatingProcessor(StreamProcessor):
         self.duplicates_dropped = 0
         self._encoder = msgspec.json.Encoder(enc_hook=str, order="sorted")
 
-    def handle(self, item: Any) -> Any:
+    def handle(self, item: Item) -> Item:
         if self._dedup_get is None:
             key: Hashable = self._encoder.encode(item)
         else:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import msgspec
 
 from fastws._paths import MISSING, get_path, split_dotted
+from fastws._types import ConfigMapping, ConfigValue, Item
 from fastws.components._base import BuiltinComponent, utc_now_iso
 from fastws.exceptions import ConfigError
 
@@ -21,7 +21,7 @@ class TransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: Field path -> source field path; the source is kept.
     copy: dict[str, str] = {}
     #: Field path -> constant value (``{"meta.env": "prod"}`` creates ``meta`` if needed).
-    set: dict[str, Any] = {}
+    set: dict[str, ConfigValue] = {}
     #: Field paths to remove.
     drop: list[str] = []
     #: Name of a field to set to the current UTC time (ISO 8601), or null.
@@ -41,7 +41,7 @@ class TransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
                 raise ConfigError(f"drop[{i}]: invalid field path {field!r}")
 
 
-def _parent(item: dict[str, Any], path: tuple[str, ...], create: bool) -> dict[str, Any] | None:
+def _parent(item: dict[str, Item], path: tuple[str, ...], create: bool) -> dict[str, Item] | None:
     """The dict holding ``path[-1]``, copied on the way so that input items are not mutated."""
     node = item
     for key in path[:-1]:
@@ -57,13 +57,13 @@ def _parent(item: dict[str, Any], path: tuple[str, ...], create: bool) -> dict[s
     return node
 
 
-def _set(item: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+def _set(item: dict[str, Item], path: tuple[str, ...], value: Item) -> None:
     parent = _parent(item, path, create=True)
     assert parent is not None
     parent[path[-1]] = value
 
 
-def _pop(item: dict[str, Any], path: tuple[str, ...]) -> Any:
+def _pop(item: dict[str, Item], path: tuple[str, ...]) -> Item:
     if len(path) > 1 and not isinstance(get_path(item, path[:-1]), Mapping):
         return MISSING
     parent = _parent(item, path, create=False)
@@ -84,7 +84,7 @@ class Transformer(BuiltinComponent):
     Config = TransformerConfig
     settings: TransformerConfig
 
-    def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, name: str, config: ConfigMapping | None = None) -> None:
         super().__init__(name, config)
         s = self.settings
         self._default = s.is_empty
@@ -94,7 +94,7 @@ class Transformer(BuiltinComponent):
         self._drop = [split_dotted(f) for f in s.drop]
         self._timestamp = split_dotted(s.add_timestamp) if s.add_timestamp else None
 
-    def handle(self, item: Any) -> Any:
+    def handle(self, item: Item) -> Item:
         if not isinstance(item, Mapping):
             raise TypeError(f"Transformer expects mapping items, got {type(item).__name__}")
         if self._default:
