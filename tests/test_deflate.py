@@ -309,7 +309,7 @@ async def test_deflate_client_joining_mid_turn_gets_the_plain_frames_of_that_tur
     connect_memory(hub, plain_t)
     hub.publish("first " * 10)  # no deflate client yet: not compressed
     client = hub.new_client()
-    client._use_deflate(15, False)
+    client.use_deflate(15, False)
     client.on_ws_connected(WSTransport(False, deflate_t, logging.getLogger("test"), loop))
     hub.publish("second " * 10)
     assert hub.flush() == 2
@@ -574,7 +574,7 @@ async def test_malformed_published_frame_passes_through_for_deflate_clients(junk
     plain_t, deflate_t = MemoryTransport(loop), MemoryTransport(loop)
     connect_memory(hub, plain_t)
     client = hub.new_client()
-    client._use_deflate(15, False)
+    client.use_deflate(15, False)
     client.on_ws_connected(WSTransport(False, deflate_t, logging.getLogger("test"), loop))
     good = fastws.encode_frame("hello " * 20)
     hub.publish_frame(good + junk)

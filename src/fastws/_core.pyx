@@ -13,6 +13,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy
+from ._frame cimport write_header
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from aiofastnet.transport cimport Transport
@@ -84,20 +85,7 @@ cdef inline double _now() noexcept nogil:
 
 cdef inline Py_ssize_t _write_header(uint8_t* p, uint8_t opcode, uint64_t n) noexcept:
     """Write an unmasked FIN frame header for an ``n``-byte payload; return its size."""
-    p[0] = 0x80 | opcode
-    if n < 126:
-        p[1] = <uint8_t>n
-        return 2
-    if n < 65536:
-        p[1] = 126
-        p[2] = <uint8_t>(n >> 8)
-        p[3] = <uint8_t>n
-        return 4
-    p[1] = 127
-    cdef int i
-    for i in range(8):
-        p[2 + i] = <uint8_t>(n >> (56 - 8 * i))
-    return 10
+    return write_header(p, 0x80 | opcode, n)
 
 
 cdef inline Py_ssize_t _header_size(bytes frame) noexcept:
@@ -392,7 +380,7 @@ cdef class Client(WSListener):
 
     # -- permessage-deflate (RFC 7692), inbound -------------------------------------------
 
-    def _use_deflate(self, int wbits=15, bint client_no_context_takeover=False):
+    def use_deflate(self, int wbits=15, bint client_no_context_takeover=False):
         """The handshake agreed on permessage-deflate (node.py): before the connection opens."""
         self._deflate = True
         self._wbits = wbits
@@ -677,7 +665,7 @@ cdef class Hub:
 
     def enable_deflate(self, int level=6, Py_ssize_t min_size=128):
         """permessage-deflate: each message is also compressed once for the clients that
-        negotiate it (``Client._use_deflate``), while at least one is connected."""
+        negotiate it (``Client.use_deflate``), while at least one is connected."""
         self.deflater = Deflater(level, min_size)
 
     @property

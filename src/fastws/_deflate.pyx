@@ -20,6 +20,8 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from ._frame cimport header_size as _header_size, write_header as _header
+
 cdef extern from "zlib.h":
     ctypedef z_stream* z_streamp
     int Z_OK
@@ -45,28 +47,6 @@ cdef:
     const char* TAIL = b"\x00\x00\xff\xff"     # RFC 7692 7.2.2: appended before inflating a message
 
 ZLIB_VERSION = zlibVersion().decode()
-
-
-cdef inline Py_ssize_t _header(uint8_t* p, uint8_t first, uint64_t n) noexcept:
-    """Write an unmasked frame header (first byte given) for an ``n``-byte payload; return its size."""
-    p[0] = first
-    if n < 126:
-        p[1] = <uint8_t>n
-        return 2
-    if n < 65536:
-        p[1] = 126
-        p[2] = <uint8_t>(n >> 8)
-        p[3] = <uint8_t>n
-        return 4
-    p[1] = 127
-    cdef int i
-    for i in range(8):
-        p[2 + i] = <uint8_t>(n >> (56 - 8 * i))
-    return 10
-
-
-cdef inline Py_ssize_t _header_size(uint64_t n) noexcept:
-    return 2 if n < 126 else (4 if n < 65536 else 10)
 
 
 @cython.final

@@ -333,7 +333,7 @@ class LocalNode:
         if hub.deflater is not None:  # permessage-deflate (RFC 7692): accept an offer, or none
             agreed = negotiate(request.headers.getall("Sec-WebSocket-Extensions", ()))
             if agreed is not None:
-                client._use_deflate(agreed.window_bits, agreed.client_no_context_takeover)
+                client.use_deflate(agreed.window_bits, agreed.client_no_context_takeover)
                 response = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Extensions": agreed.header})
                 return WSUpgradeResponseWithListener(response, client)
         return client
