@@ -193,3 +193,50 @@ async def test_tls_handshake_timeouts_are_counted_and_closed_on_time(cert_files,
             assert await good.recv() == "still here"
         await good.close()
         assert server.stats()["handshake_timeouts"] == 3
+
+
+def _server_sockets_to(port: int) -> int:
+    """Open descriptors of this process that are the server's end of a connection to ``port``."""
+    import os
+
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            s = socket.socket(fileno=int(fd))
+        except OSError:
+            continue
+        try:
+            if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM \
+                    and s.getsockname()[1] == port and s.getpeername():
+                count += 1
+        except OSError:
+            pass
+        finally:
+            s.detach()
+    return count
+
+
+async def test_tls_clients_that_never_upgrade_do_not_hold_descriptors(cert_files, client_ctx):
+    """TLS done, no upgrade, socket kept open and silent: picows' graceful close would make the
+    server wait ~30 s for the client's close_notify; fastws drops them after both deadlines."""
+    certfile, keyfile = cert_files
+    timeout = 0.3
+    async with running_server(ssl={"certfile": certfile, "keyfile": keyfile}, handshake_timeout=timeout) as server:
+        good = await connect(wss(server), ssl=client_ctx)
+
+        def handshake_only() -> list[ssl.SSLSocket]:  # blocking TLS handshakes; then never read or write
+            return [client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)),
+                                           server_hostname="127.0.0.1") for _ in range(10)]
+
+        silent = await asyncio.get_running_loop().run_in_executor(None, handshake_only)
+        await wait_for(lambda: _server_sockets_to(server.port) == 11)
+        await wait_for(lambda: server.stats()["handshake_timeouts"] == 10)
+        async with asyncio.timeout(2 * timeout + 2.0):  # the TLS deadline, picows' deadline, the grace
+            while _server_sockets_to(server.port) > 1:
+                await asyncio.sleep(0.05)
+        assert server.broadcast("still here") == 1
+        async with asyncio.timeout(TIMEOUT):
+            assert await good.recv() == "still here"
+        await good.close()
+        for sock in silent:
+            sock.close()

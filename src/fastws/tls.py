@@ -60,6 +60,10 @@ def server_context(config: SSLConfig, path: str = "config.ssl") -> ssl.SSLContex
     return ctx
 
 
+#: Seconds after both handshake deadlines before a connection that never upgraded is dropped.
+LINGER_GRACE = 0.5
+
+
 def backstop_timeout(handshake_timeout: float) -> float:
     """The ``ssl_handshake_timeout`` for aiofastnet: later than fastws' own deadline, so
     that :func:`watch_handshakes` sees (and counts) every timeout first."""
@@ -90,8 +94,21 @@ def watch_handshakes(server: asyncio.AbstractServer, timeout: float, on_timeout:
             on_timeout()
             transport.abort()
 
+    def drop_if_never_upgraded(ref: weakref.ref[asyncio.Transport]) -> None:
+        # picows closes a connection that did not upgrade in time gracefully, and aiofastnet's TLS
+        # transport then waits ~30 s for the client's close_notify: a silent client would hold a
+        # descriptor that long (docs/upstream/picows-handshake-timeout-future.md). By now the TLS
+        # deadline and picows' upgrade deadline have both passed: drop what never upgraded.
+        transport = ref()
+        if transport is None:
+            return
+        if getattr(transport.get_protocol(), "listener", None) is None:
+            transport.abort()
+
     def attach_and_watch(transport: asyncio.Transport) -> object:
-        loop.call_later(timeout, check, weakref.ref(transport))  # aiofastnet keeps them in a WeakSet too
+        ref = weakref.ref(transport)  # aiofastnet keeps the transports in a WeakSet too
+        loop.call_later(timeout, check, ref)
+        loop.call_later(2 * timeout + LINGER_GRACE, drop_if_never_upgraded, ref)
         return attach(transport)
 
     cast(_HookedServer, server)._attach = attach_and_watch
