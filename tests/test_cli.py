@@ -20,7 +20,7 @@ import fastws
 from fastws.cli import NO_FLAG, _server_config, build_parser, main, server_flags
 from fastws.config import ServerConfig
 from tests.test_docs import struct_keys
-from tests.utils import TIMEOUT, raw_http, spawn_serve, until_received
+from tests.utils import TIMEOUT, fastws_cli, raw_http, spawn_serve, until_received
 
 
 async def test_serve_broadcasts_stdin_lines_and_stops_on_sigterm():
@@ -122,24 +122,6 @@ def test_no_flag_keeps_the_defaults():
 
 
 # -- one process per test: the conventions a user sees -----------------------------------------
-
-
-async def fastws_cli(*args: str, stdin: int = subprocess.DEVNULL, cwd: str | None = None,
-                     env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """``python -m fastws ARGS`` to its end (bounded): (status, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fastws", *args, stdin=stdin, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, cwd=cwd, env=env,
-    )
-    try:
-        async with asyncio.timeout(TIMEOUT * 2):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_version():

@@ -7,6 +7,8 @@ import base64
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -200,3 +202,21 @@ async def until_received(write_line: Any, ws: Any, tag: str) -> None:
                     return
             except TimeoutError:
                 continue
+
+
+async def fastws_cli(*args: str, stdin: int = subprocess.DEVNULL, cwd: str | None = None,
+                     env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``python -m fastws ARGS`` to its end (bounded): (status, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fastws", *args, stdin=stdin, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, cwd=cwd, env=env,
+    )
+    try:
+        async with asyncio.timeout(TIMEOUT * 2):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

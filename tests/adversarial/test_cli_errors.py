@@ -12,29 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils import TIMEOUT
+from tests.utils import TIMEOUT, fastws_cli
 
 pytestmark = pytest.mark.adversarial
 
 
 async def fastws(*args: str, env_path: Path | None = None) -> tuple[int, str, str]:
-    """Run ``python -m fastws ARGS`` to its end (bounded); return (status, stdout, stderr)."""
+    """``python -m fastws ARGS`` (bounded), with ``env_path`` first on PYTHONPATH if given."""
     env = {**os.environ}
     if env_path is not None:
         env["PYTHONPATH"] = f"{env_path}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fastws", *args, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )
-    try:
-        async with asyncio.timeout(TIMEOUT * 2):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await fastws_cli(*args, env=env)
 
 
 BROKEN = '''
