@@ -283,3 +283,17 @@ async def test_pongs_skipped_of_a_real_server_is_in_metrics():
         m = await metrics(server.port)
         assert m["fastws_pongs_skipped_total"] == server.stats()["pongs_skipped"] == 0
         assert "fastws_worker_restarts_total" not in m  # one process: no workers to restart
+
+
+async def test_nonfinite_numbers_are_counted_in_stats_and_metrics():
+    """NaN and ±Infinity go out as null; each one is counted, in stats() and in /metrics."""
+    async with running_server() as server:
+        async with connect(url(server)) as ws:
+            await wait_for(lambda: server.connection_count == 1)
+            server.broadcast({"a": float("nan"), "b": [float("inf"), -float("inf"), 1.5], "c": None})
+            server.broadcast({"n": 1})  # no null: nothing to count
+            async with asyncio.timeout(TIMEOUT):
+                assert json.loads(await ws.recv()) == {"a": None, "b": [None, None, 1.5], "c": None}
+                assert json.loads(await ws.recv()) == {"n": 1}
+            assert server.stats()["nonfinite_numbers"] == 3
+            assert (await metrics(server.port))["fastws_nonfinite_numbers_total"] == 3

@@ -125,6 +125,9 @@ def render_metrics(server: StatsSource) -> str:
            "Clients fastws closed for a bad frame or a policy (1002/1007/1008/1009).", s.get("protocol_errors", 0))
     metric("fastws_encode_errors_total", "counter", "Broadcast items that could not be serialized.",
            s.get("encode_errors", 0))
+    metric("fastws_nonfinite_numbers_total", "counter",
+           "NaN and +-Infinity values in broadcast items, written as null (strict JSON).",
+           s.get("nonfinite_numbers", 0))
     metric("fastws_pongs_skipped_total", "counter",
            "PINGs not answered because the client was over max_queued_bytes.", s.get("pongs_skipped", 0))
     if "worker_restarts" in s:  # with workers
