@@ -14,6 +14,6 @@ bench:
 bench-core:
 	$(PY) -m pytest bench/bench_core.py --benchmark-only -p no:cacheprovider
 clean:
-	rm -rf build dist src/*.egg-info src/fastws/_core.c src/fastws/_testing.c src/fastws/*.so
+	rm -rf build dist src/*.egg-info src/fastws/*.c src/fastws/*.so
 
 .PHONY: build debug test lint bench bench-core clean
