@@ -266,8 +266,8 @@ def test_random_bytes_as_jwts_are_refused_without_an_exception():
             token = "".join(chars)
         refusal = auth.check_token(token)
         assert refusal in ((401, "invalid_token"), (401, "token_expired"), None), token
-        if refusal is None:  # a mutation may only hit the padding-free tail bits of the signature
-            assert token.split(".")[:2] == valid.split(".")[:2]
+        if refusal is None:  # only a "mutation" that wrote back the same characters
+            assert token == valid
 
 
 def test_auth_config_errors_name_the_key():
