@@ -57,9 +57,6 @@ def import_graph() -> dict[str, set[str]]:
     names = {_module_name(p): p for p in files}
     modules = set(names)
     graph = {name: _imports(path, name, modules) for name, path in names.items()}
-    # importing fastws.a.b runs fastws.a first; that edge is not a cycle of the code's making
-    for name, deps in graph.items():
-        graph[name] = {d for d in deps if not name.startswith(d + ".")}
     return graph
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from . import Backplane, BackplaneOptions
+from .base import Backplane, BackplaneOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Unpack

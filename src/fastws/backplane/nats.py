@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from . import Backplane, BackplaneOptions
+from .base import Backplane, BackplaneOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Unpack

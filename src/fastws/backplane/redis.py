@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import Backplane, BackplaneOptions
+from .base import Backplane, BackplaneOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Unpack
