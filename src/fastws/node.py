@@ -110,7 +110,6 @@ class LocalNode:
         rejected: dict[str, int],
         ssl_context: ssl.SSLContext | None = None,
         limit: ConnectionLimit | None = None,
-        hub_options: Mapping[str, object] | None = None,
     ) -> None:
         self.config = config
         self._routes = routes
@@ -118,7 +117,6 @@ class LocalNode:
         self._callbacks = callbacks
         self._ssl_context = ssl_context
         self._limit = limit
-        self._hub_options = dict(hub_options or {})
         self.rejected = rejected
         self.hub: Hub | None = None
         self._server: asyncio.Server | None = None
@@ -160,7 +158,6 @@ class LocalNode:
             on_message=self._callbacks.on_message,
             on_connect=self._client_connected,
             on_disconnect=self._client_disconnected,
-            **self._hub_options,
         )
         if c.compression == "deflate":  # permessage-deflate
             hub.enable_deflate(c.compression_level, c.compression_min_size)

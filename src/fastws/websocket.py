@@ -205,11 +205,7 @@ class WebSocketComponent(ComposedComponent):
             queued = server.broadcast(item)
         except Exception as exc:
             return self._report(item, exc)
-        self._status.items_processed += 1
-        total = server.disconnect_count
-        gone = total - self._disconnects_seen if total >= self._disconnects_seen else total
-        self._disconnects_seen = total
-        return {"broadcast_to": queued, "disconnected": gone, "message": item}
+        return self._report(item, queued)
 
     async def process_item(self, item: Item) -> Record:
         """Broadcast ``item`` and return its report, without waiting for the write.
