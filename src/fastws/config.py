@@ -95,6 +95,8 @@ class AuthConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     query_param: str | None = "token"  # also take the token from ?token=...; None: header only
     # issue 14 (edge)
     require_exp: bool = True  # refuse JWTs without an ``exp`` claim
+    # topics (issue 15): static token -> the topic names / ``prefix*`` patterns it may subscribe to
+    token_topics: dict[str, tuple[str, ...]] = {}
 
 
 class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -138,6 +140,16 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     compression: Literal["deflate", "off"] = "deflate"  # negotiate permessage-deflate with clients that offer it
     compression_level: int = 6  # zlib level 1-9 (each message is compressed once for all clients)
     compression_min_size: int = 128  # shorter messages go uncompressed (legal per message)
+    # topics and recovery (issue 15; docs/topics.md)
+    topic_field: str | None = None  # dotted path of the item field that names its topic (component, stdin)
+    firehose: bool = True  # unrestricted clients without ?topics= also get topic broadcasts
+    client_subscriptions: bool = False  # clients may send {"subscribe": T} / {"unsubscribe": T}
+    history_size: int = 0  # messages kept per topic for recovery (0: no history)
+    history_ttl: float = 0.0  # seconds a history entry is kept (0: until history_size evicts it)
+    deliver_latest: bool = False  # a new client first gets the latest message of each of its topics
+    max_topics_per_client: int = 64  # topics one client may subscribe to
+    max_topic_length: int = 128  # characters in a topic name
+    topic_metrics: int = 0  # per-topic metric series for at most this many topics (0: none)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -206,6 +218,23 @@ def _check(c: ServerConfig) -> None:
         raise bad("compression_level", "must be 1-9 (zlib level; use compression: off for none)", c.compression_level)
     if c.compression_min_size < 0:
         raise bad("compression_min_size", "must be >= 0 bytes", c.compression_min_size)
+    _check_topics(c, bad)
+
+
+def _check_topics(c: ServerConfig, bad: _Bad) -> None:
+    if c.topic_field is not None and (not c.topic_field or c.topic_field.startswith(".") or ".." in c.topic_field
+                                      or c.topic_field.endswith(".")):
+        raise bad("topic_field", "must be a field name or a dotted path like 'meta.topic'", c.topic_field)
+    if c.history_size < 0:
+        raise bad("history_size", "must be >= 0 messages per topic (0: no history)", c.history_size)
+    if not 0 <= c.history_ttl < math.inf:
+        raise bad("history_ttl", "must be >= 0 seconds (0: no expiry)", c.history_ttl)
+    if c.max_topics_per_client < 1:
+        raise bad("max_topics_per_client", "must be a positive integer", c.max_topics_per_client)
+    if not 1 <= c.max_topic_length <= 1024:
+        raise bad("max_topic_length", "must be 1-1024 characters", c.max_topic_length)
+    if c.topic_metrics < 0:
+        raise bad("topic_metrics", "must be >= 0 topics (0: no per-topic series)", c.topic_metrics)
 
 
 def _check_scaling(c: ServerConfig, bad: _Bad) -> None:
