@@ -20,6 +20,8 @@ from aiofastnet.transport cimport Transport
 from picows.picows cimport MemoryBuffer, WSCloseCode, WSCloseHandshake, WSFrame, WSListener, WSMsgType, WSTransport
 
 import logging
+import os
+from collections import deque
 
 import msgspec
 
@@ -145,6 +147,143 @@ cdef inline object _unencodable_str(exc):
     return EncodeError(f"cannot send str as UTF-8 text: {exc}")
 
 
+
+# -- topics (issue 15; docs/topics.md) --------------------------------------------------
+
+ctypedef struct FrameRec:
+    Py_ssize_t off          # the frame in the tick buffer
+    Py_ssize_t size
+    Py_ssize_t hlen         # its header length (payload at off + hlen)
+    Py_ssize_t doff         # the same message in the deflater's buffer (dsize 0: not there)
+    Py_ssize_t dsize
+    Py_ssize_t eoff         # its envelope frame in the envelope buffer (esize 0: not built)
+    Py_ssize_t esize
+    unsigned long long offset   # its topic offset (0: a broadcast without topic)
+    bint json               # the payload is known to be JSON (else checked when enveloped)
+
+
+cdef object _envelope_encoder = msgspec.json.Encoder()
+cdef object _json_decode = msgspec.json.decode
+
+
+cdef str _new_epoch():
+    return os.urandom(6).hex()
+
+
+@cython.final
+cdef class Topic:
+    """One topic of a Hub: its offset counter, epoch and history."""
+
+    cdef:
+        readonly str name
+        readonly str epoch
+        readonly unsigned long long offset       # the last offset given (or adopted)
+        readonly unsigned long long flushed      # the last offset written to the clients
+        readonly unsigned long long messages
+        object history                           # deque of (offset, frame bytes, time)
+        bytes _name_json
+        bytes _epoch_json
+        unsigned long long _recv_version         # Hub._aud_version the count below is for
+        Py_ssize_t _recv                         # clients of audiences that match it
+
+    def __init__(self, str name, Py_ssize_t keep):
+        self.name = name
+        self._name_json = _envelope_encoder.encode(name)
+        self.history = deque(maxlen=keep) if keep > 0 else None
+        self._recv_version = <unsigned long long>-1
+        self.set_epoch(_new_epoch())
+
+    cdef set_epoch(self, str epoch):
+        self.epoch = epoch
+        self._epoch_json = _envelope_encoder.encode(epoch)
+
+    cdef bytes envelope_head(self, unsigned long long offset):
+        return (b'{"topic":' + self._name_json + b',"offset":' + str(offset).encode() + b',"epoch":'
+                + self._epoch_json + b',"data":')
+
+
+@cython.final
+cdef class Audience:
+    """Clients that get the same frames: the same topics, format and compression.
+
+    Built once per flush (``Hub._build``) and written to each member; clients with the
+    default (every frame, plain) have none and take the tick buffer itself.
+    """
+
+    cdef:
+        frozenset topics       # exact names
+        tuple prefixes         # ``prefix*`` patterns, without the '*'
+        bint all_topics        # every topic (firehose, or a '*' grant)
+        bint envelope
+        bint deflate
+        readonly Py_ssize_t members
+        object key
+        unsigned long long stamp   # the flush its buffer was built for
+        char* buf
+        Py_ssize_t len
+        Py_ssize_t cap
+        char* ptr                  # what its members get this flush (buf, or a Hub buffer)
+        Py_ssize_t size
+        Py_ssize_t frames
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+
+    cdef inline bint matches(self, Topic t):
+        cdef str p
+        if self.all_topics or t.name in self.topics:
+            return True
+        for p in self.prefixes:
+            if t.name.startswith(p):
+                return True
+        return False
+
+    cdef int put(self, const char* p, Py_ssize_t n) except -1:
+        cdef Py_ssize_t need = self.len + n, cap = self.cap or 1024
+        cdef char* q
+        if need > cap or self.buf == NULL:
+            while cap < need:
+                cap *= 2
+            q = <char*>PyMem_Realloc(self.buf, cap)
+            if q == NULL:
+                raise MemoryError()
+            self.buf = q
+            self.cap = cap
+        memcpy(self.buf + self.len, p, n)
+        self.len += n
+        return 0
+
+
+cdef bytes _frame_of(const char* payload, Py_ssize_t n, uint8_t opcode):
+    cdef uint8_t header[10]
+    cdef Py_ssize_t h = _write_header(header, opcode, n)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, h + n)
+    memcpy(PyBytes_AS_STRING(frame), header, h)
+    memcpy(PyBytes_AS_STRING(frame) + h, payload, n)
+    return frame
+
+
+cdef bytes _text_frame(bytes payload):
+    return _frame_of(PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), 0x1)
+
+
+cdef bytes _envelope_data(const char* p, Py_ssize_t n, bint json, uint8_t opcode):
+    """The ``data`` of an envelope: the payload itself when it is JSON, else as a JSON string."""
+    cdef bytes payload = PyBytes_FromStringAndSize(p, n)
+    if opcode == 0x2:
+        return _envelope_encoder.encode(payload)  # binary: base64, as msgspec writes bytes
+    if not json:
+        try:
+            _json_decode(payload)
+        except (msgspec.DecodeError, ValueError):
+            return _envelope_encoder.encode(payload.decode("utf-8", "replace"))
+    return payload
+
+
+cdef bytes _control(dict message):
+    return _text_frame(_envelope_encoder.encode(message))
+
+
 cdef class Client(WSListener):
     """One WebSocket connection: the picows listener and the registry entry.
 
@@ -182,6 +321,15 @@ cdef class Client(WSListener):
         int _wbits                     # server_max_window_bits it accepted (8-15)
         bint _frag_compressed          # the open fragmented message is compressed
         Inflater _inflater             # its own decompressor, made on its first compressed message
+        # topics (issue 15): set by the node before the connection opens
+        frozenset _topics              # ?topics= / subscribe messages; None: not chosen
+        tuple _patterns                # what its token allows (names, 'prefix*'); None: anything
+        bint _envelope                 # ?format=envelope
+        dict _want                     # topic -> offset to recover after (None: the latest message)
+        dict _epochs                   # topic -> the epoch that offset belongs to
+        Audience _aud                  # None: every frame, plain (the fast path)
+        list _held                     # while recovering from a shared history: (topic, offset, frame)
+        dict _replayed                 # topic -> offset the recovery covered (frames up to it are not resent)
 
     def __cinit__(self):
         self._index = -1
@@ -467,6 +615,33 @@ cdef class Client(WSListener):
                             d.compress_message(data, self._wbits), True, True)
         return True
 
+    # -- topics (issue 15) ------------------------------------------------------------
+
+    def set_subscription(self, topics=None, patterns=None, bint envelope=False):
+        """What this client gets (node.py, before the connection opens): ``topics`` it chose
+        (None: none chosen), ``patterns`` its token allows (None: anything), the envelope format."""
+        self._topics = frozenset(topics) if topics is not None else None
+        self._patterns = tuple(patterns) if patterns is not None else None
+        self._envelope = envelope
+
+    def want_recovery(self, dict since, dict epochs=None):
+        """Recover on connect: ``since`` maps a topic to the offset it has (None: the latest)."""
+        self._want = since
+        self._epochs = epochs or {}
+
+    @property
+    def topics(self):
+        """The topics it chose (a frozenset), or None: every topic it may get."""
+        return self._topics
+
+    @property
+    def patterns(self):
+        return self._patterns
+
+    @property
+    def envelope(self):
+        return self._envelope
+
     # -- used by the server ------------------------------------------------------
 
     cpdef fail(self, int code, str reason):
@@ -573,6 +748,30 @@ cdef class Hub:
         public double msg_burst
         unsigned long long _disconnects[R_COUNT]   # by R_* reason
         readonly Deflater deflater                  # permessage-deflate; None when compression is off
+        # topics (issue 15): one record per frame of this turn, and who gets which
+        FrameRec* _recs
+        Py_ssize_t _recs_cap
+        list _rec_topics                            # Topic (or None) of each frame of this turn
+        Py_ssize_t _topic_frames                    # frames with a topic this turn
+        dict _topics                                # name -> Topic
+        dict _auds                                  # key -> Audience
+        Py_ssize_t _n_special                       # clients with an Audience
+        Py_ssize_t _n_envelope
+        unsigned long long _aud_version             # changes whenever an Audience gains or loses a client
+        unsigned long long _stamp                   # flushes, for Audience.stamp
+        char* _etick                                # envelope frames of this turn
+        Py_ssize_t _etick_len
+        Py_ssize_t _etick_cap
+        uint8_t* _match
+        Py_ssize_t _match_cap
+        bint _firehose
+        Py_ssize_t _keep                            # history entries per topic (at least the latest)
+        double _ttl
+        public bint shared_history                  # recovery comes from a shared history (node.py)
+        public unsigned long long recovered
+        public unsigned long long not_recovered
+        public unsigned long long replayed
+        public unsigned long long subscribe_errors
 
     def __cinit__(self):
         self._clients = []
@@ -582,9 +781,17 @@ cdef class Hub:
         self._tick = <char*>PyMem_Malloc(self._tick_cap)
         if self._tick == NULL:
             raise MemoryError()
+        self._rec_topics = []
+        self._topics = {}
+        self._auds = {}
+        self._firehose = True
+        self._keep = 1
 
     def __dealloc__(self):
         PyMem_Free(self._tick)
+        PyMem_Free(self._recs)
+        PyMem_Free(self._etick)
+        PyMem_Free(self._match)
 
     def __init__(self, loop, *, Py_ssize_t max_queued_bytes=1 << 20, str slow_client_policy="disconnect",
                  Py_ssize_t max_message_size=1 << 20, on_message=None, on_connect=None, on_disconnect=None,
@@ -626,6 +833,12 @@ cdef class Hub:
         self._clients.append(c)
         if c._deflate and self.deflater is not None:
             self.deflater.joined(c._wbits)  # permessage-deflate
+        self._join(c)
+        if c._want:
+            if self.shared_history and any(v is not None for v in c._want.values()):
+                c._held = []  # node.py fetches the history, then recover() and release()
+            else:
+                self._recover_local(c)
         if self.on_connect is not None:
             self.on_connect(c)
 
@@ -653,6 +866,7 @@ cdef class Hub:
             moved._index = i
         del clients[last]
         c._index = -1
+        self._leave(c)
         if c._deflate:
             self._deflate_gone(c)  # permessage-deflate
 
@@ -735,15 +949,91 @@ cdef class Hub:
             self._loop.call_soon(self._flush_cb)
         return 0
 
-    cdef inline _append(self, const char* payload, Py_ssize_t n, uint8_t opcode):
+    cdef inline int _append(self, const char* payload, Py_ssize_t n, uint8_t opcode, Topic t, bint json) except -1:
         self._reserve(n + 10)
-        cdef Py_ssize_t h = _write_header(<uint8_t*>(self._tick + self._tick_len), opcode, n)
-        memcpy(self._tick + self._tick_len + h, payload, n)
+        cdef Py_ssize_t off = self._tick_len, dlen = -1
+        cdef Py_ssize_t h = _write_header(<uint8_t*>(self._tick + off), opcode, n)
+        memcpy(self._tick + off + h, payload, n)
         self._tick_len += h + n
         if self.deflater is not None and self.deflater.clients:
+            dlen = self.deflater.len
             self.deflater.add(payload, n, opcode)  # permessage-deflate: compressed once
+        self._record(off, h, dlen, t, 0, json)
+        return 0
 
-    cdef int _encode_append(self, item) except -1:
+    cdef int _record(self, Py_ssize_t off, Py_ssize_t h, Py_ssize_t dlen, Topic t, unsigned long long offset,
+                     bint json) except -1:
+        """Index the frame just appended at ``off`` (topic, offset, its deflate and envelope twins)."""
+        cdef Py_ssize_t i = self._tick_frames, cap
+        cdef FrameRec* recs
+        if i >= self._recs_cap:
+            cap = self._recs_cap * 2 if self._recs_cap else 64
+            recs = <FrameRec*>PyMem_Realloc(self._recs, cap * sizeof(FrameRec))
+            if recs == NULL:
+                raise MemoryError()
+            self._recs = recs
+            self._recs_cap = cap
+        cdef FrameRec* r = &self._recs[i]
+        r.off = off
+        r.size = self._tick_len - off
+        r.hlen = h
+        r.json = json
+        r.esize = 0
+        if dlen >= 0 and self.deflater.len > dlen:
+            r.doff = dlen
+            r.dsize = self.deflater.len - dlen
+        else:
+            r.dsize = 0
+        r.offset = 0
+        self._rec_topics.append(t)
+        if t is not None:
+            self._topic_frames += 1
+            if offset == 0:
+                offset = t.offset + 1
+            t.offset = offset
+            t.messages += 1
+            r.offset = offset
+            if t.history is not None:
+                self._remember(t, r)
+        if self._n_envelope:
+            self._envelope(r, t)
+        return 0
+
+    cdef _remember(self, Topic t, FrameRec* r):
+        cdef double now = _now()
+        h = t.history
+        if self._ttl > 0:
+            while h and (<tuple>h[0])[2] < now - self._ttl:
+                h.popleft()
+        h.append((r.offset, PyBytes_FromStringAndSize(self._tick + r.off, r.size), now))
+
+    cdef int _envelope(self, FrameRec* r, Topic t) except -1:
+        """Build the envelope frame of record ``r`` into the envelope buffer."""
+        cdef uint8_t opcode = (<const uint8_t*>self._tick)[r.off] & 0x0F
+        data = _envelope_data(self._tick + r.off + r.hlen, r.size - r.hlen, r.json, opcode)
+        head = t.envelope_head(r.offset) if t is not None else b'{"topic":null,"data":'
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(data) + 1
+        cdef Py_ssize_t need = self._etick_len + n + 10, cap = self._etick_cap or 4096
+        cdef char* q
+        if need > self._etick_cap:
+            while cap < need:
+                cap *= 2
+            q = <char*>PyMem_Realloc(self._etick, cap)
+            if q == NULL:
+                raise MemoryError()
+            self._etick = q
+            self._etick_cap = cap
+        cdef char* p = self._etick + self._etick_len
+        cdef Py_ssize_t h = _write_header(<uint8_t*>p, 0x1, n)
+        memcpy(p + h, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+        memcpy(p + h + PyBytes_GET_SIZE(head), PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        p[h + n - 1] = b'}'
+        r.eoff = self._etick_len
+        r.esize = h + n
+        self._etick_len += h + n
+        return 0
+
+    cdef int _encode_append(self, item, Topic t) except -1:
         cdef Py_ssize_t n
         cdef const char* p
         cdef bytes payload
@@ -771,7 +1061,7 @@ cdef class Hub:
             nulls = self._count_nonfinite is not None and memmem(p, n, b"null", 4) != NULL
         if n > self.max_queued_bytes:
             self._refuse_oversized(n)
-        self._append(p, n, 0x1)
+        self._append(p, n, 0x1, t, not isinstance(item, str))
         if nulls:  # after the copy: the callback is Python code
             self._add_nonfinite(item)
         return 0
@@ -786,17 +1076,23 @@ cdef class Hub:
         except Exception:
             _logger.exception("count_nonfinite failed for a %s item", type(item).__name__)
 
-    cpdef Py_ssize_t publish(self, item) except -1:
-        """Queue ``item`` for every client; return how many clients it is queued to.
+    cpdef Py_ssize_t publish(self, item, topic=None) except -1:
+        """Queue ``item`` for every client (or the clients of ``topic``); return how many.
 
         A ``str`` goes out verbatim as a text frame, anything else as JSON text.
         Raises ``EncodeError`` (nothing is queued) when ``item`` cannot be serialized.
         """
-        self._encode_append(item)
+        if topic is None:
+            self._encode_append(item, None)
+            self._queued()
+            return len(self._clients) - self._n_dropping
+        cdef Topic t = self._topic(topic)
+        self._encode_append(item, t)
         self._queued()
-        return len(self._clients) - self._n_dropping
+        return self._receivers(t)
 
-    cpdef Py_ssize_t publish_frame(self, bytes frame) except -1:
+    cpdef Py_ssize_t publish_frame(self, bytes frame, topic=None, unsigned long long offset=0,
+                                   str epoch=None) except -1:
         """Queue a complete frame made by ``encode_frame`` (e.g. received from a backplane).
 
         A frame whose payload is larger than ``max_queued_bytes`` is skipped, counted in
@@ -810,12 +1106,25 @@ cdef class Hub:
             _logger.warning("skipped a broadcast frame of %d bytes: larger than max_queued_bytes (%d)",
                             n, self.max_queued_bytes)
             return 0
+        cdef Topic t = None
+        if topic is not None:
+            t = self._topic(topic)
+            if epoch is not None and epoch != t.epoch:  # a shared history numbers this topic
+                t.set_epoch(epoch)
+                if t.history is not None:
+                    t.history.clear()
+                t.flushed = 0
         self._reserve(n)
-        memcpy(self._tick + self._tick_len, PyBytes_AS_STRING(frame), n)
+        cdef Py_ssize_t off = self._tick_len, dlen = -1
+        memcpy(self._tick + off, PyBytes_AS_STRING(frame), n)
         self._tick_len += n
         if self.deflater is not None and self.deflater.clients:
+            dlen = self.deflater.len
             self.deflater.add_frames(PyBytes_AS_STRING(frame), n)  # permessage-deflate
+        self._record(off, _header_size(frame), dlen, t, offset, False)
         self._queued()
+        if t is not None:
+            return self._receivers(t)
         return len(self._clients) - self._n_dropping
 
     # -- fan-out -------------------------------------------------------------------
@@ -837,12 +1146,17 @@ cdef class Hub:
             char* ptr = self._tick
             Py_ssize_t size = self._tick_len
             Client c
+            Audience a
             # permessage-deflate: the same messages compressed, when the buffer has them all
             char* dptr = NULL
-            Py_ssize_t dsize = 0, dextra = 0
+            Py_ssize_t dsize = 0
+            unsigned long long delivered = 0, nbytes = 0
         if self.deflater is not None and self.deflater.frames == frames:
             dptr = self.deflater.buf
             dsize = self.deflater.len
+        self._stamp += 1
+        if self._topic_frames:
+            self._mark_flushed()
         self._in_fanout = True
         try:
             while i < len(clients):
@@ -854,21 +1168,45 @@ cdef class Hub:
                     self._forget(c)
                     continue
                 i += 1
-                if c._dropping:
-                    c.dropped += frames
-                    c._episode_dropped += frames
-                    self.dropped += frames
+                a = c._aud
+                if a is None:  # every frame (the fast path)
+                    if c._dropping:
+                        c.dropped += frames
+                        c._episode_dropped += frames
+                        self.dropped += frames
+                        continue
+                    if c._deflate and dsize:
+                        c._raw.write_c(dptr, dsize)
+                        nbytes += dsize
+                    else:
+                        c._raw.write_c(ptr, size)
+                        nbytes += size
+                    delivered += frames
+                    sent += 1
                     continue
-                if c._deflate and dsize:
-                    c._raw.write_c(dptr, dsize)
-                    dextra += dsize - size
-                else:
-                    c._raw.write_c(ptr, size)
+                if a.stamp != self._stamp:
+                    self._build(a, dsize != 0)
+                if c._held is not None:
+                    self._hold(c)
+                    continue
+                if a.frames == 0:
+                    continue
+                if c._dropping:
+                    c.dropped += a.frames
+                    c._episode_dropped += a.frames
+                    self.dropped += a.frames
+                    continue
+                c._raw.write_c(a.ptr, a.size)
+                nbytes += a.size
+                delivered += a.frames
                 sent += 1
         finally:
             self._in_fanout = False
             self._tick_len = 0
             self._tick_frames = 0
+            self._etick_len = 0
+            self._topic_frames = 0
+            del self._rec_topics[:]
             if self.deflater is not None:
                 self.deflater.reset()
             if self._tick_cap > 4 * TICK_KEEP:
@@ -878,13 +1216,343 @@ cdef class Hub:
         if self._over_cap:
             gone += self._handle_over_cap()
         self.flushes += 1
-        self.deliveries += sent * frames
-        self.bytes_out += sent * size + dextra
+        self.deliveries += delivered
+        self.bytes_out += nbytes
         self.last_sent = sent
         self.last_disconnected = gone
         if self._debug:
             _logger.debug("flush: %d frames, %d bytes to %d clients, %d removed", frames, size, sent, gone)
         return sent
+
+    # -- topics (issue 15) ------------------------------------------------------------
+
+    def configure_topics(self, bint firehose=True, Py_ssize_t history_size=0, double history_ttl=0.0,
+                         bint deliver_latest=False):
+        """Before clients connect: ``firehose`` (clients that chose no topic get every topic),
+        the history kept per topic (the latest message always, for ``since=latest``) and its ttl."""
+        self._firehose = firehose
+        self._keep = max(history_size, 1)
+        self._ttl = history_ttl
+
+    cdef Topic _topic(self, str name):
+        cdef Topic t = self._topics.get(name)
+        if t is None:
+            t = self._topics[name] = Topic(name, self._keep)
+        return t
+
+    cdef Py_ssize_t _receivers(self, Topic t):
+        """Clients a frame of ``t`` is queued to (cached until an audience changes)."""
+        cdef Audience a
+        cdef Py_ssize_t n = 0
+        if t._recv_version != self._aud_version:
+            for a in self._auds.values():
+                if a.matches(t):
+                    n += a.members
+            t._recv = n
+            t._recv_version = self._aud_version
+        n = len(self._clients) - self._n_special + t._recv - self._n_dropping
+        return n if n > 0 else 0
+
+    cdef _mark_flushed(self):
+        cdef Py_ssize_t i
+        cdef Topic t
+        for i in range(self._tick_frames):
+            t = self._rec_topics[i]
+            if t is not None:
+                t.flushed = self._recs[i].offset
+
+    cdef _build(self, Audience a, bint deflate_full):
+        """What the members of ``a`` get this flush: its frames, in publish order, in one buffer."""
+        cdef Py_ssize_t i, n = self._tick_frames, count = 0
+        cdef uint8_t* match
+        cdef FrameRec* r
+        cdef Topic t
+        cdef bint m
+        a.stamp = self._stamp
+        if n > self._match_cap:
+            match = <uint8_t*>PyMem_Realloc(self._match, n)
+            if match == NULL:
+                raise MemoryError()
+            self._match = match
+            self._match_cap = n
+        match = self._match
+        for i in range(n):
+            t = self._rec_topics[i]
+            m = t is None or a.matches(t)
+            if m and a.envelope and self._recs[i].esize == 0:
+                m = False  # published before any envelope client was there
+            match[i] = m
+            count += m
+        a.frames = count
+        a.size = 0
+        if count == 0:
+            return
+        if count == n and not a.envelope:
+            if a.deflate and deflate_full:
+                a.ptr = self.deflater.buf
+                a.size = self.deflater.len
+            else:
+                a.ptr = self._tick
+                a.size = self._tick_len
+            return
+        if a.cap > 4 * TICK_KEEP:
+            PyMem_Free(a.buf)
+            a.buf = NULL
+            a.cap = 0
+        a.len = 0
+        for i in range(n):
+            if not match[i]:
+                continue
+            r = &self._recs[i]
+            if a.envelope:
+                a.put(self._etick + r.eoff, r.esize)
+            elif a.deflate and r.dsize:
+                a.put(self.deflater.buf + r.doff, r.dsize)
+            else:
+                a.put(self._tick + r.off, r.size)
+        a.ptr = a.buf
+        a.size = a.len
+
+    cdef _hold(self, Client c):
+        """A client recovering from a shared history: keep its frames of this flush."""
+        cdef Audience a = c._aud
+        cdef Py_ssize_t i
+        cdef FrameRec* r
+        cdef Topic t
+        for i in range(self._tick_frames):
+            t = self._rec_topics[i]
+            if t is not None and a is not None and not a.matches(t):
+                continue
+            r = &self._recs[i]
+            if c._envelope:
+                if r.esize == 0:
+                    continue
+                frame = PyBytes_FromStringAndSize(self._etick + r.eoff, r.esize)
+            else:
+                frame = PyBytes_FromStringAndSize(self._tick + r.off, r.size)
+            c._held.append((t.name if t is not None else None, r.offset, frame))
+
+    cdef object _key(self, Client c):
+        """The audience of ``c`` as a key; None: every frame, plain (no Audience)."""
+        cdef str p
+        cdef frozenset topics = frozenset()
+        cdef list prefixes = []
+        cdef bint everything = False
+        if c._topics is not None:
+            topics = c._topics
+        elif c._patterns is not None:
+            names = set()
+            for p in c._patterns:
+                if p == "*":
+                    everything = True
+                elif p.endswith("*"):
+                    prefixes.append(p[:len(p) - 1])
+                else:
+                    names.add(p)
+            topics = frozenset(names)
+        else:
+            everything = self._firehose
+        if everything and not c._envelope:
+            return None
+        return (topics, tuple(sorted(prefixes)), everything, c._envelope, c._deflate and self.deflater is not None)
+
+    cdef _join(self, Client c):
+        cdef Audience a
+        key = self._key(c)
+        if c._envelope:
+            self._n_envelope += 1
+            if self._n_envelope == 1:
+                self._envelope_pending()
+        if key is None:
+            return
+        a = self._auds.get(key)
+        if a is None:
+            a = Audience()
+            a.topics, a.prefixes, a.all_topics, a.envelope, a.deflate = key
+            a.key = key
+            self._auds[key] = a
+        a.members += 1
+        c._aud = a
+        self._n_special += 1
+        self._aud_version += 1
+
+    cdef _leave(self, Client c):
+        cdef Audience a = c._aud
+        if c._envelope:
+            self._n_envelope -= 1
+        if a is None:
+            return
+        c._aud = None
+        a.members -= 1
+        if a.members == 0:
+            del self._auds[a.key]
+        self._n_special -= 1
+        self._aud_version += 1
+
+    cdef _envelope_pending(self):
+        """The first envelope client arrived mid-turn: envelope what is already queued."""
+        cdef Py_ssize_t i
+        for i in range(self._tick_frames):
+            if self._recs[i].esize == 0:
+                self._envelope(&self._recs[i], self._rec_topics[i])
+
+    cdef bytes _enveloped(self, Topic t, unsigned long long offset, bytes frame):
+        """The envelope frame of a frame kept in a history."""
+        cdef Py_ssize_t h = _header_size(frame)
+        cdef uint8_t opcode = (<const uint8_t*>PyBytes_AS_STRING(frame))[0] & 0x0F
+        data = _envelope_data(PyBytes_AS_STRING(frame) + h, PyBytes_GET_SIZE(frame) - h, False, opcode)
+        return _text_frame(t.envelope_head(offset) + data + b"}")
+
+    cdef object _replay(self, Client c, Topic t, since, str client_epoch, str epoch, unsigned long long latest,
+                        list entries, bytearray out):
+        """Answer one ``since`` of ``c``: the "subscribed" envelope, then what it missed.
+
+        ``entries``: (offset, frame) kept after ``since``, oldest first, none above ``latest``.
+        """
+        cdef unsigned long long after
+        cdef bint ok
+        if since is None:  # the latest message
+            if c._envelope:
+                out += _control({"type": "subscribed", "topic": t.name, "epoch": epoch, "offset": latest})
+            if entries:
+                offset, frame = entries[len(entries) - 1]
+                out += self._enveloped(t, offset, frame) if c._envelope else frame
+                self.replayed += 1
+            return None
+        after = since
+        ok = (client_epoch == epoch or (client_epoch is None and after == 0)) and after <= latest
+        if ok and after < latest:
+            ok = (len(entries) == latest - after and (<tuple>entries[0])[0] == after + 1)
+        out += _control({"type": "subscribed", "topic": t.name, "epoch": epoch, "offset": latest,
+                         "recovered": ok})
+        if ok:
+            self.recovered += 1
+            for offset, frame in entries:
+                out += self._enveloped(t, offset, frame) if c._envelope else frame
+            self.replayed += len(entries)
+        else:
+            self.not_recovered += 1
+        return ok
+
+    cdef list _kept(self, Topic t, unsigned long long after):
+        """(offset, frame) of the history of ``t`` after ``after``, written out already, not expired."""
+        cdef double oldest = _now() - self._ttl if self._ttl > 0 else -1.0
+        if t.history is None:
+            return []
+        return [(e[0], e[1]) for e in t.history if after < e[0] <= t.flushed and e[2] >= oldest]
+
+    cdef _recover_local(self, Client c):
+        cdef bytearray out = bytearray()
+        cdef Topic t
+        for name, since in c._want.items():
+            t = self._topic(name)
+            self._replay(c, t, since, c._epochs.get(name), t.epoch, t.flushed,
+                         self._kept(t, 0 if since is None else since), out)
+        c._want = None
+        if out and c._state == S_OPEN:
+            c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
+
+    def recover(self, Client c, str topic, str epoch, unsigned long long latest, list entries):
+        """Recovery from a shared history (node.py): ``entries`` are (offset, frame) after the
+        offset the client asked for, oldest first; ``epoch`` and ``latest`` the history's."""
+        cdef bytearray out = bytearray()
+        cdef Topic t = self._topic(topic)
+        since = c._want.get(topic) if c._want else None
+        self._replay(c, t, since, c._epochs.get(topic) if c._epochs else None, epoch, latest,
+                     [e for e in entries if e[0] <= latest], out)
+        if c._replayed is None:
+            c._replayed = {}
+        c._replayed[topic] = latest
+        if out and c._state == S_OPEN:
+            c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
+
+    def hold(self, Client c):
+        """Keep the frames for ``c`` instead of writing them, until ``release``."""
+        if c._held is None:
+            c._held = []
+
+    def release(self, Client c):
+        """Write what was kept for ``c``, but what its recovery replayed already; live again."""
+        cdef bytearray out = bytearray()
+        held, c._held = c._held, None
+        replayed, c._replayed = c._replayed or {}, None
+        c._want = None
+        if not held:
+            return
+        for topic, offset, frame in held:
+            if topic is None or offset > replayed.get(topic, 0):
+                out += frame
+        if out and c._state == S_OPEN:
+            c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
+
+    def subscribe(self, Client c, str topic, since=None, str epoch=None):
+        """Add ``topic`` to what ``c`` gets (a client that had chosen none then gets only it and
+        the broadcasts without topic); answer with the "subscribed" envelope (and a recovery when
+        ``since`` is an offset). Returns that envelope as a dict."""
+        cdef bytearray out = bytearray()
+        cdef Topic t = self._topic(topic)
+        current = c._topics if c._topics is not None else frozenset()
+        if c._index >= 0:
+            self._leave(c)
+        c._topics = current | {topic}
+        if c._index >= 0:
+            self._join(c)
+        answer = {"type": "subscribed", "topic": topic, "epoch": t.epoch, "offset": t.flushed}
+        if since is None:
+            out += _control(answer)
+        else:
+            answer["recovered"] = self._replay(c, t, since, epoch, t.epoch, t.flushed, self._kept(t, since), out)
+        if c._state == S_OPEN and c._raw is not None:
+            c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
+        return answer
+
+    def unsubscribe(self, Client c, str topic):
+        """Remove ``topic`` from what ``c`` chose; False when it had not chosen it."""
+        if c._topics is None or topic not in c._topics:
+            return False
+        if c._index >= 0:
+            self._leave(c)
+        c._topics = c._topics - {topic}
+        if c._index >= 0:
+            self._join(c)
+        if c._state == S_OPEN and c._raw is not None:
+            self.send_control(c, {"type": "unsubscribed", "topic": topic})
+        return True
+
+    def send_control(self, Client c, dict message):
+        """Send a control envelope (``{"type": ...}``) to ``c`` alone."""
+        if c._state == S_OPEN and c._raw is not None:
+            frame = _control(message)
+            c._raw.write_c(PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
+
+    def topic_state(self, str topic):
+        """(epoch, offset) of ``topic``: the offset of its last message written out."""
+        cdef Topic t = self._topic(topic)
+        return t.epoch, t.flushed
+
+    def history_after(self, str topic, unsigned long long offset):
+        """(offset, frame) kept for ``topic`` after ``offset``, oldest first."""
+        cdef Topic t = self._topics.get(topic)
+        return self._kept(t, offset) if t is not None else []
+
+    def topic_counts(self, Py_ssize_t limit=100):
+        """{topic: (subscribers, messages)} for the ``limit`` busiest topics."""
+        cdef Topic t
+        busiest = sorted(self._topics.values(), key=lambda t: -(<Topic>t).messages)[:limit]
+        return {t.name: (self._receivers(t), t.messages) for t in busiest}
+
+    cdef dict _topic_stats(self):
+        cdef Audience a
+        cdef Topic t
+        cdef Py_ssize_t subscriptions = 0, entries = 0
+        for a in self._auds.values():
+            subscriptions += a.members * len(a.topics)
+        for t in self._topics.values():
+            if t.history is not None:
+                entries += len(t.history)
+        return {"topics": len(self._topics), "subscriptions": subscriptions, "envelope_clients": self._n_envelope,
+                "recovered": self.recovered, "not_recovered": self.not_recovered, "replayed": self.replayed,
+                "history_entries": entries, "subscribe_errors": self.subscribe_errors}
 
     # -- inbound -------------------------------------------------------------------
 
@@ -966,6 +1634,7 @@ cdef class Hub:
             "pongs_skipped": self.pongs_skipped,
             "nonfinite_numbers": self.nonfinite_numbers,
             "disconnect_reasons": {DISCONNECT_REASONS[i]: self._disconnects[i] for i in range(R_COUNT)},
+            "topics": self._topic_stats(),
         }
 
 

@@ -143,16 +143,17 @@ cdef class MemoryTransport(CountingTransport):
         return self.backlog
 
 
-def connect(hub, CountingTransport transport):
+def connect(hub, CountingTransport transport, setup=None):
     """Register ``transport`` with ``hub`` as one connected WebSocket client; return the client.
 
     Goes through the real path of a connection (``new_client`` + ``on_ws_connected``), so
     everything the Hub does to a client (broadcasts, CLOSE, pings) reaches ``transport``.
+    ``setup(client)`` runs before it connects (what the node does at the handshake).
     """
-    return connect_many(hub, [transport])[0]
+    return connect_many(hub, [transport], setup)[0]
 
 
-def connect_many(hub, transports):
+def connect_many(hub, transports, setup=None):
     """``connect`` for each transport; return the clients.
 
     The clients are allocated one after another (as the transports were), apart from the
@@ -164,5 +165,7 @@ def connect_many(hub, transports):
     for t, w, c in zip(transports, ws, clients):
         t._listener = c
         t._ws = w
+        if setup is not None:
+            setup(c)
         c.on_ws_connected(w)
     return clients

@@ -23,21 +23,28 @@ from ._types import Item, Stats
 if TYPE_CHECKING:  # pragma: no cover
     from .backplane import Backplane
 
-__all__ = ["FanOut", "Relay"]
+__all__ = ["FanOut", "Publisher", "Relay"]
+
+
+class Publisher(Protocol):
+    """What ``FanOut.publisher()`` returns: ``publish(item, topic=None) -> clients``."""
+
+    def __call__(self, item: Item, topic: str | None = None, /) -> int: ...
 
 
 class FanOut(Protocol):
     """A place broadcasts go: publish (an item or a ready frame), flush, count, stats."""
 
-    def publish(self, item: Item) -> int:
-        """Encode ``item`` once and queue it; the number of clients it is queued to."""
+    def publish(self, item: Item, topic: str | None = None) -> int:
+        """Encode ``item`` once and queue it (for ``topic``'s clients); the number of clients it is queued to."""
         ...
 
-    def publish_frame(self, frame: bytes) -> int:
-        """Queue a complete frame made by :func:`fastws.encode_frame`."""
+    def publish_frame(self, frame: bytes, topic: str | None = None, offset: int = 0, epoch: str | None = None) -> int:
+        """Queue a complete frame made by :func:`fastws.encode_frame` (``offset``/``epoch``: numbered by a
+        shared history)."""
         ...
 
-    def publisher(self) -> Callable[[Item], int]:
+    def publisher(self) -> Publisher:
         """The fastest callable that does :meth:`publish` (the Hub's own method, when local)."""
         ...
 
@@ -83,15 +90,15 @@ class Relay:
             return 0
         return self.inner.publish_frame(frame)
 
-    def publish(self, item: Item) -> int:
-        return self.publish_frame(self._encode(item))
+    def publish(self, item: Item, topic: str | None = None) -> int:
+        return self.publish_frame(self._encode(item), topic)
 
-    def publisher(self) -> Callable[[Item], int]:
+    def publisher(self) -> Publisher:
         return self.publish
 
-    def publish_frame(self, frame: bytes) -> int:
-        self.backplane.publish(frame)
-        return self.inner.publish_frame(frame)
+    def publish_frame(self, frame: bytes, topic: str | None = None, offset: int = 0, epoch: str | None = None) -> int:
+        self.backplane.publish(frame)  # TODO(lead): topics over the backplane (multinode branch)
+        return self.inner.publish_frame(frame, topic, offset, epoch)
 
     def flush(self) -> int:
         return self.inner.flush()

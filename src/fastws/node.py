@@ -33,9 +33,11 @@ from .config import ServerConfig
 from .deflate import negotiate
 from .encoding import count_nonfinite, fallback_encode
 from .exceptions import ServerError
+from .fanout import Publisher
 from .fdlimit import check_fd_limit, listening_socket
 from .handshake import accept_upgrade
 from .http_types import HandshakeCheck, Route
+from .topics import ClientRequest, Subscription, check_topic, matches, parse_client_message, subscription_parser
 
 if TYPE_CHECKING:  # pragma: no cover
     from logging import _ExcInfoType  # typeshed's name for what exc_info= takes
@@ -110,6 +112,7 @@ class LocalNode:
         rejected: dict[str, int],
         ssl_context: ssl.SSLContext | None = None,
         limit: ConnectionLimit | None = None,
+        grants: Callable[[WSUpgradeRequest], tuple[str, ...] | None] | None = None,
     ) -> None:
         self.config = config
         self._routes = routes
@@ -131,6 +134,7 @@ class LocalNode:
         self.heartbeat_timeouts = 0
         self.handshake_timeouts = 0
         self._picows_log = _PicowsLog(self)
+        self._subscription = subscription_parser(config, grants)  # ?topics=, format, since (issue 15)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -155,10 +159,11 @@ class LocalNode:
             fragment_timeout=c.fragment_timeout,
             encode_fallback=fallback_encode,
             count_nonfinite=count_nonfinite,
-            on_message=self._callbacks.on_message,
+            on_message=self._client_message,
             on_connect=self._client_connected,
             on_disconnect=self._client_disconnected,
         )
+        hub.configure_topics(c.firehose, c.history_size, c.history_ttl, c.deliver_latest)
         if c.compression == "deflate":  # permessage-deflate
             hub.enable_deflate(c.compression_level, c.compression_min_size)
         if c.max_messages_per_second is not None:
@@ -246,13 +251,13 @@ class LocalNode:
             raise RuntimeError("the server is not started")
         return self.hub
 
-    def publish(self, item: Item) -> int:
-        return self._hub().publish(item)
+    def publish(self, item: Item, topic: str | None = None) -> int:
+        return self._hub().publish(item, topic)
 
-    def publish_frame(self, frame: bytes) -> int:
-        return self._hub().publish_frame(frame)
+    def publish_frame(self, frame: bytes, topic: str | None = None, offset: int = 0, epoch: str | None = None) -> int:
+        return self._hub().publish_frame(frame, topic, offset, epoch)
 
-    def publisher(self) -> Callable[[Item], int]:
+    def publisher(self) -> Publisher:
         return self._hub().publish
 
     def flush(self) -> int:
@@ -311,6 +316,11 @@ class LocalNode:
                 status, reason = refusal
                 self.count_rejected(reason)
                 return self._http_response(status, f"{status} {reason}".encode())
+        subscription = self._subscription(request)
+        if not isinstance(subscription, Subscription):  # a bad ?topics=, format, since, epoch (issue 15)
+            status, reason, message = subscription
+            self.count_rejected(reason)
+            return self._http_response(status, f"{status} {message}".encode())
         limit = self._limit
         if (len(hub) >= self.config.max_connections) if limit is None else not limit.acquire():
             # As the original did: complete the handshake, then close with 1008,
@@ -324,6 +334,10 @@ class LocalNode:
             return hub.new_client(True)
         client = hub.new_client()
         client.path = request.path.decode("latin-1")
+        if subscription.topics is not None or subscription.patterns is not None or subscription.envelope:
+            client.set_subscription(subscription.topics, subscription.patterns, subscription.envelope)
+        if subscription.since:
+            client.want_recovery(subscription.since, subscription.epochs)
         if limit is not None:  # a failed upgrade gives the slot back
             assert self._loop is not None
             self._loop.call_soon(limit.check_connected, client)
@@ -334,6 +348,44 @@ class LocalNode:
                 response = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Extensions": agreed.header})
                 return WSUpgradeResponseWithListener(response, client)
         return client
+
+    def _client_message(self, client: Client, data: str | bytes) -> None:
+        """A message from a client: a subscription request (issue 15), else the user's callback."""
+        if isinstance(data, str):
+            request = parse_client_message(data)
+            if request is not None:
+                self._subscription_request(client, request)
+                return
+        cb = self._callbacks.on_message
+        if cb is not None:
+            cb(client, data)
+
+    def _subscription_request(self, client: Client, request: ClientRequest | str) -> None:
+        hub = self.hub
+        assert hub is not None
+        c = self.config
+        error: tuple[str, str] | None = None
+        if isinstance(request, str):
+            error = ("subscription_invalid", request)
+        elif not c.client_subscriptions:
+            error = ("client_subscriptions_off", "this server takes topics only in the URL (?topics=...)")
+        elif (why := check_topic(request.topic, c.max_topic_length)) is not None:
+            error = ("topic_invalid", why)
+        elif request.action == "subscribe":
+            if client.patterns is not None and not matches(client.patterns, request.topic):
+                error = ("topic_forbidden", f"this connection may not subscribe to {request.topic!r}")
+            elif client.topics is not None and request.topic not in client.topics \
+                    and len(client.topics) >= c.max_topics_per_client:
+                error = ("too_many_topics", f"at most {c.max_topics_per_client} topics per connection "
+                                            "(max_topics_per_client)")
+            else:
+                hub.subscribe(client, request.topic, request.since, request.epoch)
+                return
+        elif not hub.unsubscribe(client, request.topic):
+            error = ("not_subscribed", f"not subscribed to {request.topic!r}")
+        if error is not None:
+            hub.subscribe_errors += 1
+            hub.send_control(client, {"type": "error", "error": error[0], "detail": error[1]})
 
     def _client_connected(self, client: Client) -> None:
         self.connections_total += 1

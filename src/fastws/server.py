@@ -26,7 +26,7 @@ from ._types import ConfigDict, ConfigValue, Item, Stats
 from .config import ServerConfig
 from .encoding import count_nonfinite, fallback_encode
 from .exceptions import ConfigError, EncodeError, ServerError
-from .fanout import FanOut, Relay
+from .fanout import FanOut, Publisher, Relay
 from .http_types import HandshakeCheck, HTTPResponse, Refusal, Route
 from .node import ConnectionLimit, LocalNode
 from .workers import ConnectionSlots, LogSetup, WorkerPool, resolve_workers, worker_main
@@ -104,7 +104,7 @@ class Server:
         self._ssl_context = ssl_context
         self._limit = connection_limit  # max_connections kept by a worker pool (fastws.workers)
         self._target: FanOut | None = None
-        self._publish: Callable[[Item], int] = _not_started
+        self._publish: Publisher = _not_started
         self._node: LocalNode | None = None
         self._pool: WorkerPool | None = None
         self._relay: Relay | None = None
@@ -212,8 +212,11 @@ class Server:
             raise RuntimeError("the server is not started")
         return self._target
 
-    def broadcast(self, item: Item) -> int:
+    def broadcast(self, item: Item, topic: str | None = None) -> int:
         """Queue ``item`` for every connected client; return how many it is queued to.
+
+        With ``topic``, only the clients that get that topic (docs/topics.md): its
+        subscribers, and the clients that chose no topic while ``firehose`` is on.
 
         Serialized once (``str`` verbatim, anything else as JSON); everything
         broadcast in this loop turn is written to each client in one write.
@@ -223,18 +226,37 @@ class Server:
         With ``workers`` the count is the clients connected over all workers; with a
         ``backplane`` it counts this node's clients only (docs/reference.md).
         """
-        return self._publish(item)
+        if topic is None:
+            return self._publish(item)
+        if type(topic) is not str:
+            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        return self._publish(item, topic)
 
-    def broadcast_many(self, items: Iterable[Item]) -> list[int | EncodeError]:
+    def broadcast_many(self, items: Iterable[Item], topic: str | None = None, *,
+                       topics: Iterable[str | None] | None = None) -> list[int | EncodeError]:
         """:meth:`broadcast` each item; a bad item gives its :class:`EncodeError` in its slot.
 
+        ``topic`` is the topic of every item; ``topics`` gives one (or None) per item instead.
         The others are queued, in order, and reach each client in one write.
         """
         publish = self._publish
         out: list[int | EncodeError] = []
+        if topics is None and topic is None:
+            for item in items:
+                try:
+                    out.append(publish(item))
+                except EncodeError as exc:
+                    out.append(exc)
+            return out
+        if topics is not None and topic is not None:
+            raise TypeError("give topic (one for all items) or topics (one per item), not both")
+        per_item = iter(topics) if topics is not None else None
         for item in items:
+            t = next(per_item, None) if per_item is not None else topic
+            if t is not None and type(t) is not str:
+                raise TypeError(f"topic must be a str, not {type(t).__name__}")
             try:
-                out.append(publish(item))
+                out.append(publish(item, t))
             except EncodeError as exc:
                 out.append(exc)
         return out
@@ -321,7 +343,7 @@ class Server:
         self._checks.append(check)
 
 
-def _not_started(item: Item) -> int:
+def _not_started(item: Item, topic: str | None = None, /) -> int:
     raise RuntimeError("the server is not started")
 
 

@@ -1,0 +1,306 @@
+"""Topics in the core (issue 15): who gets which frame, envelopes, offsets, recovery.
+
+Real servers and real clients (the ``websockets`` client) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from websockets.asyncio.client import connect
+
+from tests.utils import TIMEOUT, running_server, url, wait_for
+
+
+async def recv_json(ws):
+    async with asyncio.timeout(TIMEOUT):
+        return json.loads(await ws.recv())
+
+
+async def recv_all(ws, n):
+    return [await recv_json(ws) for _ in range(n)]
+
+
+async def no_more(ws, server):
+    """Nothing else is queued for ``ws``: a marker broadcast to everyone is its next message."""
+    server.broadcast({"marker": True})
+    assert await recv_json(ws) == {"marker": True}
+
+
+async def test_each_client_gets_its_topics_and_the_broadcasts_without_topic_in_order():
+    async with running_server() as server:
+        a = await connect(url(server) + "?topics=a")
+        ab = await connect(url(server) + "?topics=a,b")
+        every = await connect(url(server))
+        await wait_for(lambda: server.connection_count == 3)
+        counts = [server.broadcast({"n": 1}, topic="a"), server.broadcast({"n": 2}, topic="b"),
+                  server.broadcast({"n": 3}), server.broadcast({"n": 4}, topic="c"),
+                  server.broadcast({"n": 5}, topic="a")]
+        assert counts == [3, 2, 3, 1, 3]
+        assert [m["n"] for m in await recv_all(a, 3)] == [1, 3, 5]
+        assert [m["n"] for m in await recv_all(ab, 4)] == [1, 2, 3, 5]
+        assert [m["n"] for m in await recv_all(every, 5)] == [1, 2, 3, 4, 5]
+        for ws in (a, ab, every):
+            await no_more(ws, server)
+        stats = server.stats()
+        assert stats["deliveries"] == 3 + 4 + 5 + 3  # the markers too
+        assert stats["topics"]["subscriptions"] == 3
+        for ws in (a, ab, every):
+            await ws.close()
+
+
+async def test_one_write_per_client_per_turn_with_topics():
+    async with running_server() as server:
+        a = await connect(url(server) + "?topics=a")
+        await wait_for(lambda: server.connection_count == 1)
+        flushes = server.stats()["flushes"]
+        for i in range(10):
+            server.broadcast({"i": i}, topic="a" if i % 2 else "b")
+        assert [m["i"] for m in await recv_all(a, 5)] == [1, 3, 5, 7, 9]
+        assert server.stats()["flushes"] == flushes + 1
+        await a.close()
+
+
+async def test_without_firehose_a_client_that_chose_nothing_gets_only_broadcasts_without_topic():
+    async with running_server(firehose=False) as server:
+        ws = await connect(url(server))
+        await wait_for(lambda: server.connection_count == 1)
+        assert server.broadcast({"n": 1}, topic="a") == 0
+        server.broadcast({"n": 2})
+        assert (await recv_json(ws))["n"] == 2
+        await no_more(ws, server)
+        await ws.close()
+
+
+async def test_envelope_clients_get_topic_offset_epoch_and_data_others_the_item():
+    async with running_server() as server:
+        env = await connect(url(server) + "?topics=prices&format=envelope")
+        plain = await connect(url(server) + "?topics=prices")
+        await wait_for(lambda: server.connection_count == 2)
+        server.broadcast({"p": 1}, topic="prices")
+        server.broadcast('{"already": "json"}', topic="prices")
+        server.broadcast("not json", topic="prices")
+        server.broadcast({"all": 1})
+        got = await recv_all(env, 4)
+        epoch = got[0]["epoch"]
+        assert got[0] == {"topic": "prices", "offset": 1, "epoch": epoch, "data": {"p": 1}}
+        assert got[1] == {"topic": "prices", "offset": 2, "epoch": epoch, "data": {"already": "json"}}
+        assert got[2] == {"topic": "prices", "offset": 3, "epoch": epoch, "data": "not json"}
+        assert got[3] == {"topic": None, "data": {"all": 1}}
+        assert await recv_json(plain) == {"p": 1}
+        assert await recv_json(plain) == {"already": "json"}
+        async with asyncio.timeout(TIMEOUT):
+            assert await plain.recv() == "not json"
+        await env.close()
+        await plain.close()
+
+
+async def test_recovery_replays_what_was_missed_then_live_with_no_gap_and_no_duplicate():
+    async with running_server(history_size=100) as server:
+        ws = await connect(url(server) + "?topics=prices&format=envelope")
+        await wait_for(lambda: server.connection_count == 1)
+        for i in range(1, 4):
+            server.broadcast({"i": i}, topic="prices")
+        got = await recv_all(ws, 3)
+        last, epoch = got[-1]["offset"], got[-1]["epoch"]
+        await ws.close()
+        await wait_for(lambda: server.connection_count == 0)
+        for i in range(4, 8):  # missed while away
+            server.broadcast({"i": i}, topic="prices")
+        await asyncio.sleep(0)
+        ws = await connect(url(server) + f"?topics=prices&format=envelope&since=prices:{last}&epoch={epoch}")
+        first = await recv_json(ws)
+        assert first == {"type": "subscribed", "topic": "prices", "epoch": epoch, "offset": 7, "recovered": True}
+        server.broadcast({"i": 8}, topic="prices")
+        got = await recv_all(ws, 5)
+        assert [m["offset"] for m in got] == [4, 5, 6, 7, 8]
+        assert [m["data"]["i"] for m in got] == [4, 5, 6, 7, 8]
+        t = server.stats()["topics"]
+        assert (t["recovered"], t["replayed"]) == (1, 4)
+        await ws.close()
+
+
+async def test_a_publish_in_the_same_turn_as_the_reconnect_is_neither_lost_nor_repeated():
+    async with running_server(history_size=100) as server:
+        for i in range(1, 4):
+            server.broadcast({"i": i}, topic="t")
+        await asyncio.sleep(0)
+        epoch, latest = server.hub.topic_state("t")
+        assert latest == 3
+        ws = await connect(url(server) + f"?topics=t&format=envelope&since=t:1&epoch={epoch}")
+        assert (await recv_json(ws))["recovered"] is True
+        got = await recv_all(ws, 2)
+        assert [m["offset"] for m in got] == [2, 3]
+        server.broadcast({"i": 4}, topic="t")
+        assert (await recv_json(ws))["offset"] == 4
+        await ws.close()
+
+
+async def test_a_gap_that_cannot_be_filled_says_recovered_false_then_live():
+    async with running_server(history_size=2) as server:
+        for i in range(1, 6):
+            server.broadcast({"i": i}, topic="t")
+        await asyncio.sleep(0)
+        epoch, _ = server.hub.topic_state("t")
+        for since, ep in (("t:1", epoch), ("t:4", "otherepoch"), ("t:99", epoch)):
+            _, latest = server.hub.topic_state("t")
+            ws = await connect(url(server) + f"?topics=t&format=envelope&since={since}&epoch={ep}")
+            first = await recv_json(ws)
+            assert first == {"type": "subscribed", "topic": "t", "epoch": epoch, "offset": latest, "recovered": False}
+            server.broadcast({"i": "live"}, topic="t")
+            assert (await recv_json(ws))["data"] == {"i": "live"}
+            await ws.close()
+        assert server.stats()["topics"]["not_recovered"] == 3
+
+
+async def test_history_ttl_expires_entries():
+    async with running_server(history_size=10, history_ttl=0.05) as server:
+        server.broadcast({"i": 1}, topic="t")
+        await asyncio.sleep(0)
+        epoch, _ = server.hub.topic_state("t")
+        await asyncio.sleep(0.1)
+        assert server.hub.history_after("t", 0) == []
+        ws = await connect(url(server) + f"?topics=t&format=envelope&since=t:0&epoch={epoch}")
+        assert (await recv_json(ws))["recovered"] is False
+        await ws.close()
+
+
+async def test_since_latest_gives_the_current_state_first():
+    async with running_server() as server:
+        server.broadcast({"v": 1}, topic="t")
+        server.broadcast({"v": 2}, topic="t")
+        await asyncio.sleep(0)
+        plain = await connect(url(server) + "?topics=t&since=latest")
+        assert await recv_json(plain) == {"v": 2}
+        env = await connect(url(server) + "?topics=t&format=envelope&since=latest")
+        sub = await recv_json(env)
+        assert sub["type"] == "subscribed" and sub["offset"] == 2 and "recovered" not in sub
+        assert (await recv_json(env))["data"] == {"v": 2}
+        await plain.close()
+        await env.close()
+
+
+async def test_deflate_and_plain_clients_on_topics_in_one_broadcast():
+    async with running_server() as server:
+        z = await connect(url(server) + "?topics=a", compression="deflate")
+        p = await connect(url(server) + "?topics=a", compression=None)
+        zall = await connect(url(server), compression="deflate")
+        await wait_for(lambda: server.connection_count == 3)
+        big = {"text": "x" * 2000}
+        server.broadcast(big, topic="a")
+        server.broadcast({"b": 1}, topic="b")
+        for ws in (z, p, zall):
+            assert await recv_json(ws) == big
+        assert await recv_json(zall) == {"b": 1}
+        assert server.stats()["compression"]["messages_compressed"] >= 1
+        for ws in (z, p, zall):
+            await ws.close()
+
+
+# -- the Hub on in-memory transports: what each client's one write holds -----------------
+
+
+def _hub_with(loop, *setups, **kw):
+    from fastws import Hub
+    from fastws._testing import MemoryTransport, connect
+
+    hub = Hub(loop, **kw)
+    transports = [MemoryTransport(loop) for _ in setups]
+    for t, setup in zip(transports, setups):
+        connect(hub, t, setup)
+    return hub, transports
+
+
+def _payloads(t):
+    from tests.test_core import frames
+
+    return [json.loads(p) for _, p in frames(t.take())]
+
+
+async def test_an_envelope_client_arriving_mid_turn_gets_the_frames_queued_before_it():
+    from fastws._testing import MemoryTransport, connect
+
+    loop = asyncio.get_running_loop()
+    hub, (plain,) = _hub_with(loop, lambda c: c.set_subscription({"t"}))
+    hub.publish({"i": 1}, "t")  # no envelope client yet: no envelope built
+    late = MemoryTransport(loop)
+    connect(hub, late, lambda c: c.set_subscription({"t"}, None, True))
+    hub.publish({"i": 2}, "t")
+    assert hub.flush() == 2
+    assert _payloads(plain) == [{"i": 1}, {"i": 2}]
+    got = _payloads(late)
+    assert [(m["offset"], m["data"]) for m in got] == [(1, {"i": 1}), (2, {"i": 2})]
+
+
+async def test_restricted_client_never_gets_a_topic_outside_its_grant():
+    loop = asyncio.get_running_loop()
+    hub, (restricted, star, everything) = _hub_with(
+        loop,
+        lambda c: c.set_subscription(None, ("user.42", "public.*")),
+        lambda c: c.set_subscription(None, ("*",)),
+        lambda c: None,
+    )
+    for topic in ("user.42", "user.43", "public.news", "publicity", None):
+        hub.publish({"t": topic}, topic)
+    hub.flush()
+    assert [m["t"] for m in _payloads(restricted)] == ["user.42", "public.news", None]
+    assert len(_payloads(star)) == 5
+    assert len(_payloads(everything)) == 5
+
+
+async def test_one_buffer_per_audience_and_the_tick_buffer_itself_when_an_audience_gets_everything():
+    loop = asyncio.get_running_loop()
+    hub, ts = _hub_with(loop, *[(lambda c, i=i: c.set_subscription({f"t{i % 3}"})) for i in range(9)])
+    for i in range(6):
+        hub.publish({"i": i}, f"t{i % 3}")
+    assert hub.flush() == 9
+    for i, t in enumerate(ts):
+        assert [m["i"] for m in _payloads(t)] == [j for j in range(6) if j % 3 == i % 3]
+    assert hub.stats()["deliveries"] == 18
+
+
+async def test_subscribe_and_unsubscribe_change_what_the_next_flush_writes():
+    loop = asyncio.get_running_loop()
+    hub, (t,) = _hub_with(loop, lambda c: c.set_subscription({"a"}))
+    c = hub.clients[0]
+    answer = hub.subscribe(c, "b")
+    assert answer["type"] == "subscribed" and answer["topic"] == "b"
+    hub.publish(1, "a")
+    hub.publish(2, "b")
+    hub.publish(3, "c")
+    hub.flush()
+    assert _payloads(t) == [{"type": "subscribed", "topic": "b", "epoch": answer["epoch"], "offset": 0}, 1, 2]
+    assert hub.unsubscribe(c, "a") is True
+    assert hub.unsubscribe(c, "zzz") is False
+    hub.publish(4, "a")
+    hub.publish(5, "b")
+    hub.flush()
+    assert _payloads(t) == [{"type": "unsubscribed", "topic": "a"}, 5]
+
+
+async def test_hold_and_release_skip_what_the_recovery_replayed():
+    from fastws._core import encode_frame
+    from fastws._testing import MemoryTransport, connect
+
+    loop = asyncio.get_running_loop()
+    hub, _ = _hub_with(loop)
+    hub.shared_history = True
+    t = MemoryTransport(loop)
+
+    def setup(c):
+        c.set_subscription({"p"}, None, True)
+        c.want_recovery({"p": 2}, {"p": "E"})
+
+    c = connect(hub, t, setup)
+    # live frames numbered by the shared history arrive while the history is fetched
+    for off in (5, 6):
+        hub.publish_frame(encode_frame({"o": off}), "p", off, "E")
+    hub.flush()
+    assert t.take() == b""  # held
+    history = [(o, encode_frame({"o": o})) for o in (3, 4, 5)]
+    hub.recover(c, "p", "E", 5, history)
+    hub.release(c)
+    got = _payloads(t)
+    assert got[0] == {"type": "subscribed", "topic": "p", "epoch": "E", "offset": 5, "recovered": True}
+    assert [m["offset"] for m in got[1:]] == [3, 4, 5, 6]
