@@ -207,7 +207,7 @@ def _hub_with(loop, *setups, **kw):
 
     hub = Hub(loop, **kw)
     transports = [MemoryTransport(loop) for _ in setups]
-    for t, setup in zip(transports, setups):
+    for t, setup in zip(transports, setups, strict=True):
         connect(hub, t, setup)
     return hub, transports
 

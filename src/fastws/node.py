@@ -37,7 +37,14 @@ from .fanout import Publisher
 from .fdlimit import check_fd_limit, listening_socket
 from .handshake import accept_upgrade
 from .http_types import HandshakeCheck, Route
-from .topics import ClientRequest, Subscription, check_topic, matches, parse_client_message, subscription_parser
+from .topics import (
+    ClientRequest,
+    Subscription,
+    check_topic,
+    matches,
+    parse_client_message,
+    subscription_parser,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from logging import _ExcInfoType  # typeshed's name for what exc_info= takes
