@@ -17,8 +17,8 @@ A topic name is 1..``max_topic_length`` characters of ``[A-Za-z0-9_.:@/-]``. A p
 Refusals, as ``(status, reason, message)``: 400 ``topic_invalid``, 400
 ``too_many_topics``, 400 ``since_invalid``, 400 ``format_invalid``, 403 ``topic_forbidden``.
 
-This module imports nothing of fastws but :mod:`fastws.http_types`: the config and the
-auth module import it (for :func:`check_topic` and :func:`check_pattern`).
+This module imports nothing of fastws but small leaves (``http_types``, ``exceptions``,
+``_paths``): the config and the auth module import it (for :func:`check_pattern`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from ._paths import MISSING, getter, split_dotted
+from ._types import Item
+from .exceptions import EncodeError
 from .http_types import HTTPRequest
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "matches",
     "parse_client_message",
     "subscription_parser",
+    "topic_reader",
 ]
 
 #: Every reason :func:`subscription_parser` refuses with (shown at 0 in stats from the start).
@@ -156,6 +160,30 @@ def matches(patterns: Iterable[str] | None, topic: str) -> bool:
         if p == topic or (p.endswith("*") and topic.startswith(p[:-1])):
             return True
     return False
+
+
+def topic_reader(path: str, max_len: int = 128) -> Callable[[Item], str | None]:
+    """``topic_of(item)``: the topic named by the field ``path`` (dotted) of ``item``,
+    ``None`` when the item has no such field (it goes to every client).
+
+    Raises :class:`EncodeError` (the item is not sent, and counted like other bad items)
+    when the field is there but is not a valid topic name: not a string, empty, too long
+    or with a character outside the documented set.
+    """
+    read = getter(split_dotted(path))
+
+    def topic_of(item: Item) -> str | None:
+        value = read(item)
+        if value is MISSING or value is None:
+            return None
+        if not isinstance(value, str):
+            raise EncodeError(f"topic_field {path!r}: the topic must be a string, got {type(value).__name__}")
+        why = check_topic(value, max_len)
+        if why is not None:
+            raise EncodeError(f"topic_field {path!r}: {why}")
+        return value
+
+    return topic_of
 
 
 # -- the handshake query --------------------------------------------------------------------------
