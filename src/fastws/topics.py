@@ -306,7 +306,7 @@ def subscription_parser(config: TopicSettings, grants: Grants | None) -> Callabl
         if len(items) == 1 and ":" not in items[0]:
             why = check_epoch(items[0])
             if why is not None:
-                raise _refuse("since_invalid", f"epoch: {why}")
+                raise _refuse("since_invalid", why)
             return dict.fromkeys(since, items[0])
         epochs: dict[str, str] = {}
         for item in items:
@@ -316,7 +316,7 @@ def subscription_parser(config: TopicSettings, grants: Grants | None) -> Callabl
                               "every topic of since, or epoch=a:E1,b:E2)")
             why = check_epoch(epoch)
             if why is not None:
-                raise _refuse("since_invalid", f"epoch of {_quote(topic)}: {why}")
+                raise _refuse("since_invalid", f"{why} (the epoch of {_quote(topic)})")
             if topic not in since:
                 raise _refuse("since_invalid", f"epoch: {_quote(topic)} is not in since")
             if topic in epochs:
