@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ from fastws.topics import (
     subscription_parser,
     topic_reader,
 )
+from tests.utils import fastws_cli
 
 SECRET = "s3cret-s3cret-s3cret"
 
@@ -412,7 +414,7 @@ def test_other_messages_are_not_subscription_messages(text: str) -> None:
     ({"unsubscribe": None}, "unsubscribe: the topic must be a string, got NoneType"),
     ({"subscribe": ""}, "subscribe: a topic name must not be empty"),
     ({"subscribe": "a b"}, "subscribe: topic 'a b' has the character ' '; allowed: letters, digits and _ . : @ / -"),
-    ({"subscribe": "x" * 129}, f"subscribe: topic {'x' * 60!r}... is longer than 128 characters (max_topic_length)"),
+    ({"subscribe": "x" * 1025}, f"subscribe: topic {'x' * 60!r}... is longer than 1024 characters (max_topic_length)"),
     ({"subscribe": "a", "since": -1}, "since must be an integer offset >= 0, got -1"),
     ({"subscribe": "a", "since": "17"}, "since must be an integer offset >= 0, got '17'"),
     ({"subscribe": "a", "since": 1.5}, "since must be an integer offset >= 0, got 1.5"),
@@ -453,3 +455,18 @@ def test_topic_reader() -> None:
     assert nested({"meta": "x"}) is None
     with pytest.raises(EncodeError, match="longer than 3 characters"):
         nested({"meta": {"topic": "abcd"}})
+
+
+async def test_validate_accepts_the_topic_keys(tmp_path: Path) -> None:
+    bp = tmp_path / "s.yaml"
+    bp.write_text(
+        "system:\n  name: s\n  components:\n"
+        "    - name: ws\n      type: WebSocket\n      config:\n"
+        "        topic_field: meta.symbol\n        firehose: false\n        client_subscriptions: true\n"
+        "        history_size: 100\n        history_ttl: 60\n        deliver_latest: true\n"
+        "        max_topics_per_client: 10\n        max_topic_length: 64\n        topic_metrics: 5\n"
+        "        auth: {tokens: [t1], token_topics: {t1: ['prices.*', news]}}\n"
+    )
+    code, out, err = await fastws_cli("validate", "--strict", str(bp))
+    assert (code, err) == (0, ""), err
+    assert out.startswith(f"{bp}: OK")

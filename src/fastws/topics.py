@@ -365,8 +365,10 @@ def subscription_parser(config: TopicSettings, grants: Grants | None) -> Callabl
 _MESSAGE_KEYS: Final = frozenset({"subscribe", "unsubscribe", "since", "epoch"})
 
 
-def parse_client_message(text: str, max_topic_length: int = 128) -> ClientRequest | str | None:
+def parse_client_message(text: str, max_topic_length: int = 1024) -> ClientRequest | str | None:
     """Read a client's text message as a subscription request.
+
+    ``max_topic_length``: pass the config's; the default is the largest the config allows.
 
     * ``ClientRequest``: ``{"subscribe": "T"}`` (optionally with ``"since": N`` and
       ``"epoch": "E"``) or ``{"unsubscribe": "T"}``;
