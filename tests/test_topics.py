@@ -470,3 +470,16 @@ async def test_validate_accepts_the_topic_keys(tmp_path: Path) -> None:
     code, out, err = await fastws_cli("validate", "--strict", str(bp))
     assert (code, err) == (0, ""), err
     assert out.startswith(f"{bp}: OK")
+
+
+def test_component_topic_field_bad_values_are_error_reports_even_when_not_serving() -> None:
+    from fastws import WebSocketComponent
+
+    comp = WebSocketComponent("ws", {"port": 0, "topic_field": "t"})
+    reports = comp._broadcast([{"t": "a"}, {"t": 5}, {"x": 1}, {"t": "a b"}])
+    assert [r["broadcast_to"] for r in reports] == [0, 0, 0, 0]
+    assert [r.get("error") for r in reports] == [
+        None, "topic_field 't': the topic must be a string, got int", None,
+        "topic_field 't': topic 'a b' has the character ' '; allowed: letters, digits and _ . : @ / -"]
+    assert comp.broadcast({"t": []})["error"] == "topic_field 't': the topic must be a string, got list"
+    assert comp.broadcast_errors == 3 and comp.error_count == 3
