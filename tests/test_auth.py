@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 import fastws
+from fastws.topics import REFUSAL_REASONS
 from fastws.auth import TokenError, decode_jwt, encode_jwt
 from fastws.cli import _server_config, build_parser
 from tests.utils import TIMEOUT, RawClient, raw_http, running_server, upgrade_request, url, wait_for
@@ -49,7 +50,8 @@ async def test_static_tokens_header_and_query_param():
         assert (await refused(server, headers="Authorization: Bearer alph\r\n"))[0] == 401
         assert (await refused(server, path="/?token=gamma"))[0] == 401
         stats = server.stats()
-        assert stats["rejected"] == {"max_connections": 0, "missing_token": 2, "invalid_token": 2}
+        assert stats["rejected"] == {"max_connections": 0, "missing_token": 2, "invalid_token": 2,
+                                     **dict.fromkeys(REFUSAL_REASONS, 0)}
         assert stats["connections_total"] == 3
         assert stats["connections"] == 0
 

@@ -66,6 +66,38 @@ ERRORS: list[tuple[dict[str, Any], str]] = [
     ({"compression_min_size": -1}, "config.compression_min_size: must be >= 0 bytes, got -1"),
     ({"slow_client_policy": "ignore"}, "config.slow_client_policy: expected one of 'disconnect', 'drop', got 'ignore'"),
     ({"page": "yes"}, "config.page: expected a boolean, got 'yes'"),
+    # topics (issue 15)
+    ({"topic_field": ""}, "config.topic_field: must be a field name or a dotted path like 'meta.topic', got ''"),
+    ({"topic_field": "a..b"}, "config.topic_field: must be a field name or a dotted path like 'meta.topic', got 'a..b'"),
+    ({"firehose": "yes"}, "config.firehose: expected a boolean, got 'yes'"),
+    ({"client_subscriptions": 1}, "config.client_subscriptions: expected a boolean, got 1"),
+    ({"deliver_latest": "no"}, "config.deliver_latest: expected a boolean, got 'no'"),
+    ({"history_size": -1}, "config.history_size: must be >= 0 messages per topic (0: no history), got -1"),
+    ({"history_ttl": -1}, "config.history_ttl: must be >= 0 seconds (0: no expiry), got -1.0"),
+    ({"history_ttl": float("inf")}, "config.history_ttl: must be >= 0 seconds (0: no expiry), got inf"),
+    ({"max_topics_per_client": 0}, "config.max_topics_per_client: must be a positive integer, got 0"),
+    ({"max_topic_length": 0}, "config.max_topic_length: must be 1-1024 characters, got 0"),
+    ({"max_topic_length": 2000}, "config.max_topic_length: must be 1-1024 characters, got 2000"),
+    ({"topic_metrics": -1}, "config.topic_metrics: must be >= 0 topics (0: no per-topic series), got -1"),
+    # the token is a secret: the message never shows it
+    ({"auth": {"tokens": ["tok"], "token_topics": {"other": ["x"]}}},
+     "config.auth.token_topics: a key is not one of auth.tokens (each key is a static token, whose topics it lists)"),
+    ({"auth": {"tokens": ["tok"], "token_topics": {"tok": "x"}}},
+     "config.auth.token_topics[...]: expected a list, got a string"),
+    ({"auth": {"tokens": ["tok"], "token_topics": {"tok": [1]}}},
+     "config.auth.token_topics[...][0]: expected a string, got an integer"),
+    ({"auth": {"tokens": ["a", "tok"], "token_topics": {"tok": ["ok", "x*y"]}}},
+     "config.auth.token_topics: the topics of auth.tokens[1], entry 1: pattern 'x*y': '*' is allowed only at the "
+     "end (a topic name, prefix* or *)"),
+    ({"auth": {"tokens": ["tok"], "token_topics": {"tok": [""]}}},
+     "config.auth.token_topics: the topics of auth.tokens[0], entry 0: pattern '': a topic name must not be empty "
+     "(a topic name, prefix* or *)"),
+    ({"auth": {"tokens": ["tok"], "token_topics": {"tok": ["a b"]}}},
+     "config.auth.token_topics: the topics of auth.tokens[0], entry 0: pattern 'a b': topic 'a b' has the character "
+     "' '; allowed: letters, digits and _ . : @ / - (a topic name, prefix* or *)"),
+    ({"max_topic_length": 4, "auth": {"tokens": ["tok"], "token_topics": {"tok": ["abcdef*"]}}},
+     "config.auth.token_topics: the topics of auth.tokens[0], entry 0: pattern 'abcdef*': topic 'abcdef' is longer "
+     "than 4 characters (max_topic_length) (a topic name, prefix* or *)"),
     ({"prot": 1}, "config.prot: unknown key; known keys are: " + ", ".join(ServerConfig.__struct_fields__)),
 ]
 

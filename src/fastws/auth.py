@@ -19,9 +19,15 @@ counted in ``Server.stats()["rejected"][reason]`` and in the ``/metrics`` output
   it (403 otherwise); ``null`` in the list admits clients that send no ``Origin``.
 * **Pluggable check**: ``Server(auth_check=fn)``, ``fn(request)`` returns ``None``
   (let in) or ``(status, reason)`` (refuse).
+* **Topic grants** (issue 15): a JWT's ``topics`` claim (a list of topic names and
+  ``prefix*`` patterns) or ``auth.token_topics[token]`` limits what the client may
+  subscribe to; :meth:`Authenticator.grants` gives it to the topic parser
+  (:func:`fastws.topics.subscription_parser`). A ``topics`` claim that is not such a
+  list refuses the token (403 ``topic_forbidden``).
 
 Refusal reasons: ``origin_not_allowed`` (403), ``missing_token``, ``invalid_token``,
-``token_expired`` (401), ``auth_check_error`` (500, the pluggable check raised).
+``token_expired`` (401), ``topic_forbidden`` (403, a malformed ``topics`` claim),
+``auth_check_error`` (500, the pluggable check raised).
 
 This module does not know the server: :func:`handshake_checks` builds the checks from
 the config and the server runs them.
@@ -43,11 +49,12 @@ from urllib.parse import parse_qs
 from ._types import Record
 from .config import AuthConfig
 from .http_types import HandshakeCheck, HTTPRequest, Refusal
+from .topics import Grants, check_pattern
 
 if TYPE_CHECKING:  # pragma: no cover
     from picows import WSUpgradeRequest
 
-__all__ = ["Authenticator", "TokenError", "encode_jwt", "decode_jwt", "handshake_checks"]
+__all__ = ["Authenticator", "TokenError", "encode_jwt", "decode_jwt", "handshake_checks", "topic_grants"]
 
 logger = logging.getLogger("fastws.auth")
 
@@ -56,6 +63,7 @@ INVALID_TOKEN = (401, "invalid_token")
 TOKEN_EXPIRED = (401, "token_expired")
 ORIGIN_NOT_ALLOWED = (403, "origin_not_allowed")
 CHECK_FAILED = (500, "auth_check_error")
+TOPICS_CLAIM_INVALID = (403, "topic_forbidden")
 
 #: Longest token looked at (picows refuses request heads over 16 KiB anyway).
 MAX_TOKEN_LENGTH = 8192
@@ -226,12 +234,31 @@ class _RefusalLog:
                        n, reason, self.interval, detail)
 
 
+def topics_claim(claims: Record) -> tuple[tuple[str, ...] | None, str]:
+    """The topic patterns of a JWT's ``topics`` claim (``None``: no claim, any topic), or
+    ``((), why)`` when the claim is malformed (the token is refused)."""
+    if "topics" not in claims:
+        return None, ""
+    value = claims["topics"]
+    if not isinstance(value, list):
+        return (), f"the topics claim must be a list of topic names or patterns, got {type(value).__name__}"
+    for pattern in value:
+        why = check_pattern(pattern)
+        if why is not None:
+            return (), f"the topics claim: {why}"
+    return tuple(value), ""
+
+
 class Authenticator:
-    """The handshake check built from an :class:`AuthConfig` (see :func:`handshake_checks`)."""
+    """The handshake check built from an :class:`AuthConfig` (see :func:`handshake_checks`).
+
+    It also knows what each token may subscribe to: :meth:`grants`.
+    """
 
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
         self._tokens = tuple(t.encode() for t in config.tokens)
+        self._token_topics = tuple(config.token_topics.get(t) for t in config.tokens)
         self._secret = config.jwt_secret.encode() if config.jwt_secret is not None else None
         self._origins: frozenset[str | None] | None = None
         if config.allowed_origins is not None:
@@ -240,6 +267,9 @@ class Authenticator:
             )
         self._needs_token = bool(self._tokens) or self._secret is not None
         self.log = _RefusalLog()
+        # The grant of the last request let in, kept for grants(request) right after the check
+        # (the same object: no second JWT verification). Taken once; a reference, so no id reuse.
+        self._granted: tuple[HTTPRequest, tuple[str, ...] | None] | None = None
 
     def reasons(self) -> list[str]:
         """Every reason this check can refuse with (shown at 0 in stats from the start)."""
@@ -247,52 +277,86 @@ class Authenticator:
         if self._needs_token:
             found += [MISSING_TOKEN[1], INVALID_TOKEN[1]]
         if self._secret is not None:
-            found.append(TOKEN_EXPIRED[1])
+            found += [TOKEN_EXPIRED[1], TOPICS_CLAIM_INVALID[1]]
         return found
 
     def __call__(self, request: HTTPRequest) -> Refusal | None:
-        try:
-            refusal, detail = self._check(request)
-        except Exception as exc:  # a malformed request must never become a 500
-            refusal, detail = INVALID_TOKEN, f"unreadable request ({type(exc).__name__})"
+        self._granted = None
+        refusal, detail, grant = self._check_safely(request)
         if refusal is not None:
             self.log(refusal[1], detail)
+        else:
+            self._granted = (request, grant)
         return refusal
 
-    def _check(self, request: HTTPRequest) -> tuple[Refusal | None, str]:
+    def grants(self, request: HTTPRequest) -> tuple[str, ...] | None:
+        """The topic patterns ``request`` may subscribe to; ``None``: any topic.
+
+        Call it for a request this check let in: right after the check, the grant it found
+        is returned (the token is not verified again). For any other request the token is
+        checked again, and a request that would be refused gets ``()`` (no topic at all).
+        """
+        granted, self._granted = self._granted, None
+        if granted is not None and granted[0] is request:
+            return granted[1]
+        refusal, _, grant = self._check_safely(request)
+        return () if refusal is not None else grant
+
+    def _check_safely(self, request: HTTPRequest) -> tuple[Refusal | None, str, tuple[str, ...] | None]:
+        try:
+            return self._check(request)
+        except Exception as exc:  # a malformed request must never become a 500
+            return INVALID_TOKEN, f"unreadable request ({type(exc).__name__})", ()
+
+    def _check(self, request: HTTPRequest) -> tuple[Refusal | None, str, tuple[str, ...] | None]:
         if self._origins is not None:
             origin = request.headers.get("Origin")
             if (None if origin is None else _normalize_origin(origin)) not in self._origins:
-                return ORIGIN_NOT_ALLOWED, f"Origin {origin!r:.80} is not in auth.allowed_origins"
+                return ORIGIN_NOT_ALLOWED, f"Origin {origin!r:.80} is not in auth.allowed_origins", ()
         if not self._needs_token:
-            return None, ""
+            return None, "", None
         token = _bearer(request, self.config.query_param)
         if token is None:
-            return MISSING_TOKEN, "no bearer token"
-        return self.check_token_detail(token)
+            return MISSING_TOKEN, "no bearer token", ()
+        return self._verify(token)
 
     def check_token(self, token: str) -> Refusal | None:
         """``None`` if ``token`` is let in, else the refusal (never raises)."""
-        return self.check_token_detail(token)[0]
+        return self._verify(token)[0]
 
     def check_token_detail(self, token: str) -> tuple[Refusal | None, str]:
+        refusal, detail, _ = self._verify(token)
+        return refusal, detail
+
+    def token_grants(self, token: str) -> tuple[str, ...] | None:
+        """The topic patterns ``token`` may subscribe to (``None``: any; ``()`` if it is refused)."""
+        refusal, _, grant = self._verify(token)
+        return () if refusal is not None else grant
+
+    def _verify(self, token: str) -> tuple[Refusal | None, str, tuple[str, ...] | None]:
+        """(refusal or None, why, the token's topic patterns: None for any topic)."""
         raw = token.encode("utf-8", "surrogateescape")
-        ok = False
-        for known in self._tokens:  # every token is compared: no early exit on a match
-            ok |= hmac.compare_digest(raw, known)
-        if ok:
-            return None, ""
+        match = -1
+        for i, known in enumerate(self._tokens):  # every token is compared: no early exit on a match
+            if hmac.compare_digest(raw, known):
+                match = i
+        if match >= 0:
+            return None, "", self._token_topics[match]
         if self._secret is None:
-            return INVALID_TOKEN, "unknown token"
+            return INVALID_TOKEN, "unknown token", ()
         c = self.config
         try:
-            decode_jwt(token, self._secret, audience=c.jwt_audience, leeway=c.leeway, require_exp=c.require_exp)
+            claims = decode_jwt(token, self._secret, audience=c.jwt_audience, leeway=c.leeway,
+                                require_exp=c.require_exp)
         except TokenError as exc:
-            return (TOKEN_EXPIRED if exc.reason == "token_expired" else INVALID_TOKEN), str(exc)
+            return (TOKEN_EXPIRED if exc.reason == "token_expired" else INVALID_TOKEN), str(exc), ()
         except Exception as exc:  # decode_jwt raises only TokenError; this is the last line of defence
             logger.error("JWT check failed unexpectedly (%s); refusing the token", type(exc).__name__)
-            return INVALID_TOKEN, f"malformed token ({type(exc).__name__})"
-        return None, ""
+            return INVALID_TOKEN, f"malformed token ({type(exc).__name__})", ()
+        grant, why = topics_claim(claims)
+        if why:
+            return TOPICS_CLAIM_INVALID, why, ()
+        return None, "", grant
 
 
 def guarded(check: HandshakeCheck) -> HandshakeCheck:
@@ -310,6 +374,19 @@ def guarded(check: HandshakeCheck) -> HandshakeCheck:
         return int(status), str(reason)
 
     return run
+
+
+def topic_grants(checks: list[HandshakeCheck]) -> Grants | None:
+    """The topic grant of a request, from the :class:`Authenticator` among ``checks``
+    (``None`` when there is none: every client may subscribe to any topic).
+
+    The server passes it to :func:`fastws.topics.subscription_parser` and runs the parser
+    after every check let the request in.
+    """
+    for check in checks:
+        if isinstance(check, Authenticator):
+            return check.grants
+    return None
 
 
 def handshake_checks(config: AuthConfig | None,

@@ -30,11 +30,12 @@ import msgspec.json
 import msgspec.yaml
 
 from ._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, plural, url
-from ._types import ConfigDict, ConfigValue
+from ._types import ConfigDict, ConfigValue, Item
 from .blueprint.cli import register as register_blueprint_commands
 from .config import ServerConfig
 from .exceptions import ConfigError, EncodeError, FastWSError
 from .loop import run as run_loop
+from .topics import topic_reader
 
 if TYPE_CHECKING:
     from .server import Server
@@ -49,8 +50,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 #: ServerConfig keys without a flag: ``reuse_port`` is set by fastws for each worker,
 #: ``max_batch`` only matters to a WebSocket component, and a key password belongs in
-#: ``--config FILE``, not in the process list.
-NO_FLAG = frozenset({"reuse_port", "max_batch", "ssl.password"})
+#: ``--config FILE``, not in the process list; so does ``auth.token_topics`` (a mapping
+#: whose keys are tokens).
+NO_FLAG = frozenset({"reuse_port", "max_batch", "ssl.password", "auth.token_topics"})
 
 #: Flag names that differ from the generated ``--<key>`` / ``--<struct>-<key>`` (kept from
 #: before the flags were generated, so scripts keep working).
@@ -108,6 +110,16 @@ HELP = {
     "compression": "deflate: accept clients' permessage-deflate offers (each message compressed once); off: none",
     "compression_level": "zlib level 1-9 of the compressed messages",
     "compression_min_size": "messages shorter than this many bytes go uncompressed",
+    # topics and recovery (issue 15)
+    "topic_field": "each stdin line is JSON; this field (dotted path) names its topic; without it: every client",
+    "firehose": "clients without ?topics= also get broadcasts that have a topic",
+    "client_subscriptions": "clients may send {\"subscribe\": T} / {\"unsubscribe\": T} messages",
+    "history_size": "messages kept per topic for recovery (?since=); 0: no history",
+    "history_ttl": "seconds a history entry is kept; 0: until --history-size evicts it",
+    "deliver_latest": "a new client with ?topics= first gets the latest message of each of its topics",
+    "max_topics_per_client": "topics one client may subscribe to; more: 400 too_many_topics",
+    "max_topic_length": "characters in a topic name; longer: 400 topic_invalid",
+    "topic_metrics": "per-topic metric series for at most this many topics; 0: none",
 }
 
 _NULL_WORDS = ("off", "none", "null")
@@ -185,7 +197,7 @@ def _metavar(types: Sequence[msgspec.inspect.Type], key: str, single: bool = Fal
     if any(isinstance(t, msgspec.inspect.IntType) for t in others):
         word = "N"
     elif any(isinstance(t, msgspec.inspect.FloatType) for t in others):
-        word = "SECONDS" if leaf.endswith(("timeout", "interval", "leeway")) else "NUMBER"
+        word = "SECONDS" if leaf.endswith(("timeout", "interval", "leeway", "ttl")) else "NUMBER"
     else:
         word = leaf.rsplit("_", 1)[-1].upper()  # metrics_host -> HOST
         if single:  # a repeatable flag takes one item at a time
@@ -670,7 +682,10 @@ class StdinPump:
         rate = server.config.broadcast_rate_limit
         self.pacer = Pacer(rate) if rate is not None else None  # stdin is read more slowly, nothing dropped
         self.lines = 0
-        self.refused = 0  # lines the server would not broadcast (EncodeError: over max_queued_bytes)
+        self.refused = 0  # lines not broadcast (EncodeError: over max_queued_bytes; with --topic-field: not JSON)
+        field = server.config.topic_field
+        # --topic-field: each line is a JSON value, broadcast decoded (compact JSON) to the topic its field names
+        self._topic_of = topic_reader(field, server.config.max_topic_length) if field is not None else None
         self.ended = False
         self._batch: list[bytes] = []
         self._next = 0
@@ -731,9 +746,22 @@ class StdinPump:
         self.refused += 1
         logger.warning("standard input: a line was not broadcast: %s", exc)
 
+    def _decoded(self, line: bytes) -> tuple[Item, str | None]:
+        """With --topic-field: the line's JSON value and its topic; EncodeError if it has none."""
+        assert self._topic_of is not None
+        try:
+            item = msgspec.json.decode(line)
+        except (msgspec.DecodeError, RecursionError):
+            raise EncodeError(f"--topic-field: the line is not JSON: {self._text(line)[:60]!r}") from None
+        return item, self._topic_of(item)
+
     def _send(self, line: bytes) -> None:
         try:
-            self.server.broadcast(self._text(line))
+            if self._topic_of is None:
+                self.server.broadcast(self._text(line))
+            else:
+                item, topic = self._decoded(line)
+                self.server.broadcast(item, topic=topic)
         except EncodeError as exc:  # e.g. longer than max_queued_bytes
             self._refused(exc)
         else:
@@ -741,9 +769,23 @@ class StdinPump:
 
     def _send_batch(self) -> None:
         """The rest of the batch at once (no pacing): one call, one write per client."""
-        texts = [self._text(line) for line in self._batch[self._next:]]
+        lines = self._batch[self._next:]
         self._batch, self._next = [], 0
-        for result in self.server.broadcast_many(texts):
+        if self._topic_of is None:
+            results = self.server.broadcast_many([self._text(line) for line in lines])
+        else:
+            items: list[Item] = []
+            topics: list[str | None] = []
+            for line in lines:
+                try:
+                    item, topic = self._decoded(line)
+                except EncodeError as exc:
+                    self._refused(exc)
+                    continue
+                items.append(item)
+                topics.append(topic)
+            results = self.server.broadcast_many(items, topics=topics) if items else []
+        for result in results:
             if isinstance(result, EncodeError):
                 self._refused(result)
             else:

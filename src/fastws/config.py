@@ -18,6 +18,7 @@ from ._paths import MISSING, get_path
 from ._types import ConfigMapping
 from .exceptions import ConfigError
 from .optional import missing_extra
+from .topics import check_pattern
 
 __all__ = [
     "AuthConfig",
@@ -269,6 +270,16 @@ def _check_hardening(c: ServerConfig, bad: _Bad) -> None:
             raise bad("auth", "set tokens, jwt_secret or allowed_origins (or leave auth out)", {})
         if a.jwt_audience is not None and a.jwt_secret is None:
             raise bad("auth.jwt_audience", "needs auth.jwt_secret", a.jwt_audience)
+        for token, patterns in a.token_topics.items():
+            if token not in a.tokens:
+                # the token itself is a secret: name it by its place, never print it
+                raise ConfigError("auth.token_topics: a key is not one of auth.tokens (each key is a static "
+                                  "token, whose topics it lists)")
+            for i, pattern in enumerate(patterns):
+                why = check_pattern(pattern, c.max_topic_length)
+                if why is not None:
+                    raise ConfigError(f"auth.token_topics: the topics of auth.tokens[{a.tokens.index(token)}], "
+                                      f"entry {i}: {why} (a topic name, prefix* or *)")
     if c.max_messages_per_second is not None and not c.max_messages_per_second > 0:
         raise bad("max_messages_per_second", "must be a positive number or null", c.max_messages_per_second)
     if c.burst is not None:
@@ -467,6 +478,15 @@ SERVER_KEY_DOCS: dict[str, tuple[str, object]] = {
     "reuse_port": ("set SO_REUSEPORT on the listening socket", True),
     "backplane": ("redis:// or nats:// URL to fan out across nodes", "redis://127.0.0.1:6379/0"),
     "backplane_channel": ("Redis channel / NATS subject shared by the nodes", "prices"),
+    "topic_field": ("dotted path of the item field that names its topic", "symbol"),
+    "firehose": ("clients without ?topics= also get broadcasts that have a topic", False),
+    "client_subscriptions": ("clients may send {\"subscribe\": T} / {\"unsubscribe\": T}", True),
+    "history_size": ("messages kept per topic for recovery (0: none)", 1000),
+    "history_ttl": ("seconds a history entry is kept (0: until evicted)", 300),
+    "deliver_latest": ("a new client with ?topics= first gets each topic's latest message", True),
+    "max_topics_per_client": ("topics one client may subscribe to", 16),
+    "max_topic_length": ("characters in a topic name", 64),
+    "topic_metrics": ("per-topic metric series for at most this many topics (0: none)", 20),
 }
 
 

@@ -327,7 +327,7 @@ class LocalNode:
         if not isinstance(subscription, Subscription):  # a bad ?topics=, format, since, epoch (issue 15)
             status, reason, message = subscription
             self.count_rejected(reason)
-            return self._http_response(status, f"{status} {message}".encode())
+            return self._http_response(status, f"{status} {reason}: {message}".encode())
         limit = self._limit
         if (len(hub) >= self.config.max_connections) if limit is None else not limit.acquire():
             # As the original did: complete the handshake, then close with 1008,
@@ -359,7 +359,7 @@ class LocalNode:
     def _client_message(self, client: Client, data: str | bytes) -> None:
         """A message from a client: a subscription request (issue 15), else the user's callback."""
         if isinstance(data, str):
-            request = parse_client_message(data)
+            request = parse_client_message(data, self.config.max_topic_length)
             if request is not None:
                 self._subscription_request(client, request)
                 return

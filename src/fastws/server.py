@@ -29,6 +29,7 @@ from .exceptions import ConfigError, EncodeError, ServerError
 from .fanout import FanOut, Publisher, Relay
 from .http_types import HandshakeCheck, HTTPResponse, Refusal, Route
 from .node import ConnectionLimit, LocalNode
+from .topics import REFUSAL_REASONS
 from .workers import ConnectionSlots, LogSetup, WorkerPool, resolve_workers, worker_main
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -119,7 +120,8 @@ class Server:
             self._routes.update(_metrics.routes(self))
         checks, reasons = _auth.handshake_checks(c.auth, auth_check)
         self._checks.extend(checks)
-        for reason in reasons:
+        self._grants = _auth.topic_grants(checks)  # what a token may subscribe to (issue 15)
+        for reason in (*reasons, *REFUSAL_REASONS):
             self.rejected.setdefault(reason, 0)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -149,7 +151,8 @@ class Server:
             self._pool = target = pool
         else:
             node = LocalNode(c, routes=self._routes, checks=self._checks, callbacks=self,
-                             rejected=self.rejected, ssl_context=self._ssl_context, limit=self._limit)
+                             rejected=self.rejected, ssl_context=self._ssl_context, limit=self._limit,
+                             grants=self._grants)
             await node.start()
             self._node = target = node
         self._target = target

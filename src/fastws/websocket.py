@@ -6,7 +6,7 @@ constructor, config keys, lifecycle, reports and attributes, on fastws' server.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 
 import anyio
@@ -19,6 +19,7 @@ from .encoding import fallback_encode
 from .exceptions import EncodeError
 from .pacing import Pacer
 from .server import Server
+from .topics import topic_reader
 
 __all__ = ["ClientsView", "WebSocketComponent"]
 
@@ -69,6 +70,11 @@ class WebSocketComponent(ComposedComponent):
 
     Items broadcast in the same loop turn (a batch from the input, or several
     ``process_item`` calls without a yield between them) reach each client in one write.
+
+    With ``topic_field`` (a dotted path), the item's field names its topic: the item goes
+    to that topic's subscribers (``broadcast_to`` counts them). An item without the field
+    (or with ``null`` there) goes to every client; a field that is not a valid topic name
+    (not a string, empty, too long, other characters) gets an error report.
     """
 
     Config = ServerConfig
@@ -90,6 +96,8 @@ class WebSocketComponent(ComposedComponent):
         self._pacer = Pacer(rate) if rate is not None else None  # slows the input down, drops nothing
         self.max_batch = min(self.settings.max_batch, self._pacer.max_batch if self._pacer else self.settings.max_batch)
         self._connected_clients = ClientsView(self.server)
+        field = self.settings.topic_field
+        self._topic_of = topic_reader(field, self.settings.max_topic_length) if field is not None else None
         if self.config.get("require_auth") or self.config.get("jwt_secret"):
             self.logger.warning(
                 "%s.config: require_auth/jwt_secret are not enforced (nor were they by the original "
@@ -177,19 +185,52 @@ class WebSocketComponent(ComposedComponent):
 
     def _publish(self, items: list[Item]) -> list[int | Exception]:
         """One outcome per item: the clients it was queued to, or why it was not sent."""
+        topic_of = self._topic_of
+        if topic_of is not None:
+            return self._publish_topics(items, topic_of)
         if self.server.is_serving:
             try:
                 return list(self.server.broadcast_many(items))
             except Exception as exc:  # not about one item: every item gets the error
                 return [exc] * len(items)
+        return [self._not_serving(item) for item in items]
+
+    @staticmethod
+    def _not_serving(item: Item) -> int | Exception:
+        """Not serving: report what could not be serialized anyway."""
+        try:
+            _check_encodable(item)
+        except EncodeError as exc:
+            return exc
+        return 0
+
+    def _publish_topics(self, items: list[Item], topic_of: Callable[[Item], str | None]) -> list[int | Exception]:
+        """:meth:`_publish` with ``topic_field``: an item whose field is not a topic gets an error."""
         out: list[int | Exception] = []
-        for item in items:  # not serving: report what could not be serialized anyway
+        good: list[Item] = []
+        topics: list[str | None] = []
+        slots: list[int] = []
+        for item in items:
             try:
-                _check_encodable(item)
+                topic = topic_of(item)
             except EncodeError as exc:
                 out.append(exc)
-            else:
-                out.append(0)
+                continue
+            slots.append(len(out))
+            out.append(0)
+            good.append(item)
+            topics.append(topic)
+        if not good:
+            return out
+        if self.server.is_serving:
+            try:
+                results: list[int | Exception] = list(self.server.broadcast_many(good, topics=topics))
+            except Exception as exc:  # not about one item: every item gets the error
+                results = [exc] * len(good)
+        else:
+            results = [self._not_serving(item) for item in good]
+        for slot, result in zip(slots, results, strict=True):
+            out[slot] = result
         return out
 
     def _broadcast(self, items: list[Item]) -> list[Record]:
@@ -202,7 +243,8 @@ class WebSocketComponent(ComposedComponent):
         if not server.is_serving:
             return self._broadcast([item])[0]
         try:
-            queued = server.broadcast(item)
+            topic_of = self._topic_of
+            queued = server.broadcast(item) if topic_of is None else server.broadcast(item, topic=topic_of(item))
         except Exception as exc:
             return self._report(item, exc)
         return self._report(item, queued)
