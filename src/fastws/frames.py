@@ -28,6 +28,8 @@ relay, tests, the benchmarks' load generator); the hot path is in ``_core``.
 from __future__ import annotations
 
 import os
+import random
+import string
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
@@ -46,6 +48,7 @@ __all__ = [
     "encode_frame",
     "encode_topic_record",
     "mask_payload",
+    "new_epoch",
     "parse_header",
     "read_frame",
     "read_frames",
@@ -188,6 +191,15 @@ def encode_topic_record(frame: bytes, topic: str, offset: int = 0, epoch: str | 
     if not 0 <= offset < 1 << 64:
         raise ValueError(f"an offset is 0..2**64-1, got {offset}")
     return b"".join((b"T", len(t).to_bytes(2, "big"), t, offset.to_bytes(8, "big"), bytes((len(e),)), e, frame))
+
+
+_EPOCH_CHARS = string.ascii_letters + string.digits
+_random = random.Random()
+
+
+def new_epoch() -> str:
+    """A random epoch: 12 characters from ``[A-Za-z0-9]`` (not a secret: only unlikely to repeat)."""
+    return "".join(_random.choices(_EPOCH_CHARS, k=12))
 
 
 def split_records(data: Buffer, pos: int = 0) -> tuple[list[TopicFrame], int]:

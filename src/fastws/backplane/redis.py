@@ -42,10 +42,9 @@ entries older than ``history_ttl`` (by the ``t`` field and Redis' clock) are lef
 
 from __future__ import annotations
 
-import random
-import string
 from typing import TYPE_CHECKING
 
+from ..frames import new_epoch
 from .base import Backplane, BackplaneOptions, Queued
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,19 +54,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from redis.asyncio.client import PubSub
     from redis.commands.core import AsyncScript
 
-__all__ = ["RedisBackplane", "PUBLISH_SCRIPT", "HISTORY_SCRIPT", "new_epoch", "topic_keys"]
+__all__ = ["RedisBackplane", "PUBLISH_SCRIPT", "HISTORY_SCRIPT", "topic_keys"]
 
 #: Offset and epoch keys live at least this long with ``history_ttl`` (ms).
 META_TTL_MIN_MS = 86_400_000
-
-_EPOCH_CHARS = string.ascii_letters + string.digits
-_random = random.Random()
-
-
-def new_epoch() -> str:
-    """A random epoch: 12 characters from ``[A-Za-z0-9]``."""
-    return "".join(_random.choices(_EPOCH_CHARS, k=12))
-
 
 def topic_keys(channel: str, topic: str) -> tuple[str, str, str]:
     """The (offset, epoch, stream) keys of ``topic`` on ``channel``."""
