@@ -21,7 +21,7 @@ from fastws.backplane import create_backplane
 from fastws.backplane.base import HEADER_LEN, MAGIC
 from fastws.backplane.redis import topic_keys
 from fastws.frames import encode_topic_record, new_epoch, split_records
-from fastws.history import recover_from_history, relay_topic_frame
+from fastws.history import recover_from_history, relay_topic_frame, start_recovery
 from tests.test_backplane import channel, require_broker
 from tests.utils import TIMEOUT, wait_for
 
@@ -241,6 +241,16 @@ async def test_redis_numbers_topics_for_every_node_in_one_order():
         await wait_for(lambda: len(sb.topic("prices")) == 2 * n + 1)
         _, _, off, new = sb.topic("prices")[-1]
         assert off == 1 and new != epoch and len(new) == 12
+        # offsets past what Lua prints as an integer by default (1e+15) stay exact
+        r = await redis_client()
+        try:
+            await r.set(topic_keys(ch, "prices")[0], 10**15)
+        finally:
+            await r.aclose()
+        a.publish_topic(frame("big"), "prices")
+        await wait_for(lambda: len(sb.topic("prices")) == 2 * n + 2)
+        assert sb.topic("prices")[-1][2:] == (10**15 + 1, new)
+        assert await b.history("prices", 10**15) == (new, 10**15 + 1, [(10**15 + 1, frame("big"))])
         assert a.stats()["publish_failed"] == 0 and b.stats()["publish_failed"] == 0
     finally:
         await a.stop()
@@ -434,6 +444,27 @@ async def test_recover_from_history_without_redis_recovers_nothing_and_still_rel
         assert hub.calls == [("hold", "c"), ("recover", "c", "prices", "E", 9, []), ("release", "c")]
     finally:
         await bp.stop()
+
+
+@pytest.mark.broker
+async def test_start_recovery_holds_the_client_before_it_returns():
+    require_broker("redis")
+    ch = channel()
+    sink = Sink()
+    bp = await started(REDIS, ch, sink, history_size=5)
+    try:
+        bp.publish_topic(frame(1), "prices")
+        await wait_for(lambda: len(sink.got) == 1)
+        hub = RecordingHub()
+        task = start_recovery(hub, "c", bp, {"prices": 0}, {})
+        assert hub.calls == [("hold", "c")]  # at once: no flush can write live frames first
+        async with asyncio.timeout(TIMEOUT):
+            assert await task == 1
+        assert [c[0] for c in hub.calls] == ["hold", "recover", "release"]
+        assert hub.calls[1][5] == [(1, frame(1))]
+    finally:
+        await bp.stop()
+        await delete_topic(ch, "prices")
 
 
 @pytest.mark.broker

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:  # pragma: no cover
     from .backplane import Backplane
 
-__all__ = ["HISTORY_TIMEOUT", "RecoveringHub", "TopicTarget", "recover_from_history", "relay_topic_frame"]
+__all__ = ["HISTORY_TIMEOUT", "RecoveringHub", "TopicTarget", "recover_from_history", "relay_topic_frame",
+           "start_recovery"]
 
 logger = logging.getLogger("fastws.history")
 
@@ -77,9 +78,30 @@ def relay_topic_frame(inner: TopicTarget, backplane: Backplane, frame: bytes, to
     return inner.publish_frame(frame, topic)
 
 
+#: Recoveries under way (the loop keeps only weak references to tasks).
+_recoveries: set[asyncio.Task[int]] = set()
+
+
+def start_recovery(hub: RecoveringHub, client: object, backplane: Backplane, since: Mapping[str, int | None],
+                   epochs: Mapping[str, str], *, timeout: float = HISTORY_TIMEOUT) -> asyncio.Task[int]:
+    """:func:`recover_from_history` in a task, with ``hub.hold(client)`` done *now*.
+
+    For the node's open callback: a task starts only on a later loop turn, and a flush in
+    between would write live frames to the client before its history. Call it before
+    the client can be flushed to (in the callback that registers it).
+    """
+    hub.hold(client)
+    task = asyncio.get_running_loop().create_task(
+        recover_from_history(hub, client, backplane, since, epochs, timeout=timeout, held=True),
+        name="fastws-recovery")
+    _recoveries.add(task)
+    task.add_done_callback(_recoveries.discard)
+    return task
+
+
 async def recover_from_history(hub: RecoveringHub, client: object, backplane: Backplane,
                                since: Mapping[str, int | None], epochs: Mapping[str, str],
-                               *, timeout: float = HISTORY_TIMEOUT) -> int:
+                               *, timeout: float = HISTORY_TIMEOUT, held: bool = False) -> int:
     """Recover ``client`` from the backplane's shared history; the number of entries read.
 
     ``since``: topic -> the last offset the client has (``None``: ``since=latest``, only
@@ -91,8 +113,10 @@ async def recover_from_history(hub: RecoveringHub, client: object, backplane: Ba
     and ``hub.release(client)`` (the held frames with a later offset), also when
     something failed. A topic whose history could not be read (Redis down, the
     timeout) gets the node's own state and no entries: ``recovered: false``.
+    ``held``: the caller has called ``hub.hold(client)`` already (:func:`start_recovery`).
     """
-    hub.hold(client)
+    if not held:
+        hub.hold(client)
     try:
         topics = list(since)
         reads = [backplane.history(t, since[t], epochs.get(t) if since[t] is not None else None) for t in topics]

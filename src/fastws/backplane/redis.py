@@ -102,7 +102,8 @@ for j = base + 1, #ARGV, 2 do
   else
     local off = redis.call('INCR', KEYS[3 * idx - 2])
     local e = epochs[idx]
-    redis.call('XADD', KEYS[3 * idx], 'MAXLEN', maxlen, off .. '-0', 'o', off, 'e', e, 't', now, 'f', frame)
+    redis.call('XADD', KEYS[3 * idx], 'MAXLEN', maxlen, string.format('%d-0', off), 'o', string.format('%d', off),
+               'e', e, 't', string.format('%d', now), 'f', frame)
     out[#out + 1] = heads[idx] .. be(off, 8) .. string.char(#e) .. e .. frame
   end
 end
@@ -132,7 +133,7 @@ if after < 0 then
 elseif after >= s then
   entries = {}
 else
-  entries = redis.call('XRANGE', KEYS[3], (after + 1) .. '-0', '+')
+  entries = redis.call('XRANGE', KEYS[3], string.format('%d-0', after + 1), '+')
 end
 local cutoff = -1
 if ttl > 0 then
