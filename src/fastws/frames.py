@@ -8,6 +8,18 @@
   :func:`read_frames` cuts a buffer into complete frames (unmasking client frames);
   :func:`split_frames` cuts a stream of the server's own data frames (backplane,
   workers); :func:`read_frame` reads one frame from an async byte source.
+* :func:`encode_topic_record` / :func:`split_records`: the one encoding of a frame with
+  its topic (and the offset and epoch a shared history gave it) between processes:
+  the backplane's ``T`` messages and the parent-to-worker stream (format below).
+
+Topic record (all integers big-endian)::
+
+    b"T" + topic length (u16) + topic (UTF-8) + offset (u64, 0: not numbered)
+         + epoch length (u8, 0: no epoch) + epoch (ASCII) + one complete frame
+
+Its first byte, ``T`` (0x54), is never the first byte of a fastws data frame (0x81,
+0x82), so a stream may hold plain frames (topic-less broadcasts) and records side by
+side, in publish order; :func:`split_records` cuts both.
 
 Everything here but ``encode_frame`` is plain Python for the cold paths (backplane
 relay, tests, the benchmarks' load generator); the hot path is in ``_core``.
@@ -16,6 +28,8 @@ relay, tests, the benchmarks' load generator); the hot path is in ``_core``.
 from __future__ import annotations
 
 import os
+import random
+import string
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
@@ -32,16 +46,28 @@ __all__ = [
     "FrameHeader",
     "encode_client_frame",
     "encode_frame",
+    "encode_topic_record",
     "mask_payload",
+    "new_epoch",
     "parse_header",
     "read_frame",
     "read_frames",
     "split_frames",
+    "split_records",
+    "TopicFrame",
+    "RECORD_TOPIC",
 ]
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 Buffer = bytes | bytearray | memoryview
+
+#: First byte of a topic record (see the module docstring).
+RECORD_TOPIC = 0x54
+#: Bytes a record adds to its frame, besides the topic and the epoch.
+RECORD_OVERHEAD = 12
+#: (frame, topic or None, offset (0: not numbered), epoch or None): one entry of :func:`split_records`.
+TopicFrame = tuple[bytes, str | None, int, str | None]
 
 
 class FrameHeader(NamedTuple):
@@ -150,6 +176,77 @@ def split_frames(data: Buffer, pos: int = 0) -> tuple[list[bytes], int]:
         if end > n:
             break
         out.append(bytes(data[pos:end]))
+        pos = end
+    return out, pos
+
+
+def encode_topic_record(frame: bytes, topic: str, offset: int = 0, epoch: str | None = None) -> bytes:
+    """``frame`` with its topic, offset and epoch, as one record (format in the module docstring)."""
+    t = topic.encode()
+    e = epoch.encode("ascii") if epoch else b""
+    if not 0 < len(t) <= 0xFFFF:
+        raise ValueError(f"a topic record needs a topic of 1-65535 bytes, got {len(t)}")
+    if len(e) > 0xFF:
+        raise ValueError(f"an epoch is at most 255 bytes, got {len(e)}")
+    if not 0 <= offset < 1 << 64:
+        raise ValueError(f"an offset is 0..2**64-1, got {offset}")
+    return b"".join((b"T", len(t).to_bytes(2, "big"), t, offset.to_bytes(8, "big"), bytes((len(e),)), e, frame))
+
+
+_EPOCH_CHARS = string.ascii_letters + string.digits
+_random = random.Random()
+
+
+def new_epoch() -> str:
+    """A random epoch: 12 characters from ``[A-Za-z0-9]`` (not a secret: only unlikely to repeat)."""
+    return "".join(_random.choices(_EPOCH_CHARS, k=12))
+
+
+def split_records(data: Buffer, pos: int = 0) -> tuple[list[TopicFrame], int]:
+    """Cut ``data[pos:]`` into plain frames and topic records, in order.
+
+    A plain frame gives ``(frame, None, 0, None)``, a record ``(frame, topic, offset,
+    epoch)``. Returns them and the offset of the first byte not consumed (an incomplete
+    frame or record at the end stays for the caller). Raises ``ValueError`` on bytes
+    that are neither (see :func:`split_frames`).
+    """
+    out: list[TopicFrame] = []
+    n = len(data)
+    while pos + 2 <= n:
+        b0 = data[pos]
+        topic: str | None = None
+        offset = 0
+        epoch: str | None = None
+        start = pos
+        if b0 == RECORD_TOPIC:
+            if pos + 3 > n:
+                break
+            tlen = int.from_bytes(data[pos + 1 : pos + 3], "big")
+            elen_at = pos + 3 + tlen + 8
+            if elen_at + 1 > n:
+                break
+            if not tlen:
+                raise ValueError(f"a topic record without a topic at offset {pos}")
+            elen = data[elen_at]
+            start = elen_at + 1 + elen
+            if start + 2 > n:
+                break
+            try:
+                topic = bytes(data[pos + 3 : pos + 3 + tlen]).decode()
+                epoch = bytes(data[elen_at + 1 : start]).decode("ascii") if elen else None
+            except UnicodeDecodeError:
+                raise ValueError(f"a topic record with a topic or epoch that is not text at offset {pos}") from None
+            offset = int.from_bytes(data[pos + 3 + tlen : elen_at], "big")
+            b0 = data[start]
+        if b0 not in (0x81, 0x82) or data[start + 1] & 0x80:
+            raise ValueError(f"not a fastws frame at offset {start}: {bytes(data[start : start + 2])!r}")
+        h = parse_header(data, start)
+        if h is None:
+            break
+        end = start + h.size + h.length
+        if end > n:
+            break
+        out.append((bytes(data[start:end]), topic, offset, epoch))
         pos = end
     return out, pos
 

@@ -9,6 +9,11 @@ with SO_REUSEPORT, and the kernel spreads new connections over them.
   frames of each loop turn to every worker in one write, over a Unix socket pair;
   each worker queues them to its own clients (``Hub.publish_frame``, coalesced per
   loop turn as usual). No broker is needed.
+* Topics: a topic broadcast goes down as a topic record (``fastws.frames``: the frame
+  with its topic, offset and epoch). The parent numbers each topic (one epoch per
+  parent, offsets from 1), so every worker gives a message the same offset and a
+  client recovers on any worker (from that worker's history). A frame a shared
+  history already numbered (Redis, through the relay) keeps its offset and epoch.
 * ``max_connections`` holds for the whole server: a counter per worker in shared
   memory, checked and incremented under a lock at the handshake. Over the limit a
   connection is accepted and closed with 1008 "Max connections reached", as with
@@ -45,7 +50,7 @@ from ._types import Item, Stats
 from .config import ServerConfig
 from .exceptions import ServerError
 from .fdlimit import check_fd_limit
-from .frames import split_frames
+from .frames import encode_topic_record, new_epoch, split_records
 
 if TYPE_CHECKING:  # pragma: no cover
     import ctypes
@@ -237,6 +242,9 @@ class WorkerPool:
         self._retired: Stats = {"disconnects": 0, "disconnect_reasons": {WORKER_EXIT: 0}}
         self.messages = 0
         self.frames_dropped = 0
+        # topic numbering, so that every worker agrees: topic -> latest offset, one epoch per parent
+        self._offsets: dict[str, int] = {}
+        self.epoch = new_epoch()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -386,15 +394,26 @@ class WorkerPool:
 
     # -- broadcasting (the fan-out target of a parent: fastws.fanout.FanOut) -----------
 
-    def publish(self, item: Item) -> int:
+    def publish(self, item: Item, topic: str | None = None) -> int:
         """Frame ``item`` once and queue it for every worker."""
-        return self.publish_frame(self._encode(item))
+        return self.publish_frame(self._encode(item), topic)
 
     def publisher(self) -> Callable[[Item], int]:
         return self.publish
 
-    def publish_frame(self, frame: bytes) -> int:
-        """Queue one frame for every worker; return the clients connected over all workers."""
+    def publish_frame(self, frame: bytes, topic: str | None = None, offset: int = 0,
+                      epoch: str | None = None) -> int:
+        """Queue one frame for every worker; return the clients connected over all workers.
+
+        A topic frame is numbered here unless ``offset`` > 0 (a shared history numbered
+        it: its offset and epoch are kept).
+        """
+        if topic is not None:
+            if offset <= 0:
+                offset = self._offsets.get(topic, 0) + 1
+                epoch = self.epoch
+            self._offsets[topic] = offset
+            frame = encode_topic_record(frame, topic, offset, epoch)
         self._pending.append(frame)
         self.messages += 1
         if not self._flush_scheduled:
@@ -481,11 +500,13 @@ class WorkerServer(Protocol):
 
     def stats(self) -> Stats: ...
 
-    def broadcast_frame(self, frame: bytes) -> int: ...
+    def broadcast_frame(self, frame: bytes, topic: str | None = None, offset: int = 0,
+                        epoch: str | None = None) -> int: ...
 
 
 class _WorkerSide(asyncio.Protocol):
-    """A worker's end of the parent's socket: frames come down, each queued to the clients."""
+    """A worker's end of the parent's socket: frames and topic records come down, each
+    queued to the clients (a topic frame with the offset and epoch the parent gave it)."""
 
     def __init__(self, server: WorkerServer, stop: asyncio.Event) -> None:
         self.server = server
@@ -495,13 +516,16 @@ class _WorkerSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.rest:
             data = self.rest + data
-        frames, end = split_frames(data)
+        records, end = split_records(data)
         self.rest = data[end:]
         if not self.server.is_serving:
             return
         publish_frame = self.server.broadcast_frame
-        for frame in frames:
-            publish_frame(frame)
+        for frame, topic, offset, epoch in records:
+            if topic is None:
+                publish_frame(frame)
+            else:
+                publish_frame(frame, topic, offset, epoch)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop.set()  # the parent is gone

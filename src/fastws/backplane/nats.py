@@ -5,6 +5,19 @@ messages back. nats-py's own reconnection is off; the backplane's loop reconnect
 with the same backoff and counters as the other brokers. Core NATS keeps nothing
 (no JetStream): a node that is not subscribed when a message is published does not
 get it.
+
+Topics travel as ``T`` messages (``fastws.backplane.base``) with offset 0: every node
+numbers each topic itself and keeps its own history (``history_size``), so recovery
+over NATS is *per node*: a client that reconnects to the node it was on recovers; on
+another node it gets ``recovered: false`` (that node's offsets and epoch are its own)
+and then live messages. Why not JetStream: fastws' offsets count per topic from 1
+with no gap, which is what lets a client tell "nothing missed" from "something lost".
+JetStream numbers messages per *stream* (one sequence over every subject of it), so
+consecutive per-topic offsets would need one stream per topic (thousands of streams
+for per-symbol or per-user topics), or a per-topic counter in a KV bucket next to the
+stream, which JetStream cannot increment and append atomically (two round trips and a
+compare-and-swap retry per message, and a gap when a node dies between them). Redis
+does the three in one script; use a Redis backplane for cross-node recovery.
 """
 
 from __future__ import annotations
