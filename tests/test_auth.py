@@ -11,9 +11,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 import fastws
-from fastws.topics import REFUSAL_REASONS
 from fastws.auth import TokenError, decode_jwt, encode_jwt
 from fastws.cli import _server_config, build_parser
+from fastws.topics import REFUSAL_REASONS
 from tests.utils import TIMEOUT, RawClient, raw_http, running_server, upgrade_request, url, wait_for
 
 SECRET = "s3cret-s3cret-s3cret"

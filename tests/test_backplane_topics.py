@@ -531,9 +531,6 @@ async def test_parent_numbers_topics_once_for_every_worker_and_keeps_shared_numb
 
 
 @pytest.mark.broker
-@pytest.mark.skipif(not hasattr(fastws._core.Hub, "configure_topics"),
-                    reason="needs the core's topic support (Hub.configure_topics, the Relay and node wiring); "
-                           "the lead removes this skip at merge")
 async def test_client_leaves_node_a_and_recovers_on_node_b_with_no_gap():
     from websockets.asyncio.client import connect
 

@@ -630,6 +630,13 @@ cdef class Client(WSListener):
         self._epochs = epochs or {}
 
     @property
+    def pending_recovery(self):
+        """(since, epochs) while its frames are held for a recovery from a shared history, else None."""
+        if self._held is None or not self._want:
+            return None
+        return self._want, self._epochs or {}
+
+    @property
     def topics(self):
         """The topics it chose (a frozenset), or None: every topic it may get."""
         return self._topics
@@ -1524,6 +1531,10 @@ cdef class Hub:
         if c._state == S_OPEN and c._raw is not None:
             frame = _control(message)
             c._raw.write_c(PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
+
+    def receivers(self, str topic):
+        """The clients a broadcast on ``topic`` would be queued to now."""
+        return self._receivers(self._topic(topic))
 
     def topic_state(self, str topic):
         """(epoch, offset) of ``topic``: the offset of its last message written out."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ._types import Item, Stats
+from .history import relay_topic_frame
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backplane import Backplane
@@ -52,6 +53,10 @@ class FanOut(Protocol):
         """Write what is queued now (only ``stop()`` needs this; the target flushes each turn)."""
         ...
 
+    def subscribers(self, topic: str) -> int:
+        """The clients a broadcast on ``topic`` would be queued to now."""
+        ...
+
     @property
     def port(self) -> int: ...
 
@@ -82,13 +87,19 @@ class Relay:
         self._stopping = False
 
     async def start(self) -> None:
-        await self.backplane.start(self.deliver, local_stats=self.inner.stats)
+        await self.backplane.start(self.deliver, on_topic_frame=self.deliver_topic, local_stats=self.inner.stats)
 
     def deliver(self, frame: bytes) -> int:
         """A frame from another node: to this node's clients only (none once stopping)."""
         if self._stopping:
             return 0
         return self.inner.publish_frame(frame)
+
+    def deliver_topic(self, frame: bytes, topic: str, offset: int, epoch: str | None) -> int:
+        """A topic frame from the broker (numbered by the shared history when ``offset`` > 0)."""
+        if self._stopping:
+            return 0
+        return self.inner.publish_frame(frame, topic, offset, epoch)
 
     def publish(self, item: Item, topic: str | None = None) -> int:
         return self.publish_frame(self._encode(item), topic)
@@ -97,8 +108,13 @@ class Relay:
         return self.publish
 
     def publish_frame(self, frame: bytes, topic: str | None = None, offset: int = 0, epoch: str | None = None) -> int:
-        self.backplane.publish(frame)  # TODO(lead): topics over the backplane (multinode branch)
-        return self.inner.publish_frame(frame, topic, offset, epoch)
+        if topic is None:
+            self.backplane.publish(frame)
+            return self.inner.publish_frame(frame)
+        return relay_topic_frame(self.inner, self.backplane, frame, topic, self.inner.subscribers)
+
+    def subscribers(self, topic: str) -> int:
+        return self.inner.subscribers(topic)
 
     def flush(self) -> int:
         return self.inner.flush()

@@ -13,7 +13,7 @@ Two pieces the relay and the node call (issue 15, "many machines"):
   missed entries are replayed, then what was held with a later offset is written: no
   gap, no duplicate, whichever node the client was on before.
 
-Both are written against small protocols (:class:`RecoveringHub`, :class:`TopicTarget`)
+Both are written against the core's ``Hub`` and a small protocol (:class:`TopicTarget`)
 so they do not depend on the core's internals.
 """
 
@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._core import Client, Hub
     from .backplane import Backplane
 
-__all__ = ["HISTORY_TIMEOUT", "RecoveringHub", "TopicTarget", "recover_from_history", "relay_topic_frame",
+__all__ = ["HISTORY_TIMEOUT", "TopicTarget", "recover_from_history", "relay_topic_frame",
            "start_recovery"]
 
 logger = logging.getLogger("fastws.history")
@@ -41,22 +42,6 @@ class TopicTarget(Protocol):
 
     def publish_frame(self, frame: bytes, topic: str | None = None, offset: int = 0,
                       epoch: str | None = None) -> int: ...
-
-
-class RecoveringHub(Protocol):
-    """The Hub's recovery calls (``fastws._core.Hub``), for :func:`recover_from_history`.
-
-    The client argument is the core's ``Client``; it is only passed through.
-    """
-
-    def hold(self, client: object) -> None: ...
-
-    def recover(self, client: object, topic: str, epoch: str | None, latest: int,
-                entries: Sequence[tuple[int, bytes]]) -> object: ...
-
-    def release(self, client: object) -> object: ...
-
-    def topic_state(self, topic: str) -> tuple[str | None, int]: ...
 
 
 def relay_topic_frame(inner: TopicTarget, backplane: Backplane, frame: bytes, topic: str,
@@ -82,7 +67,7 @@ def relay_topic_frame(inner: TopicTarget, backplane: Backplane, frame: bytes, to
 _recoveries: set[asyncio.Task[int]] = set()
 
 
-def start_recovery(hub: RecoveringHub, client: object, backplane: Backplane, since: Mapping[str, int | None],
+def start_recovery(hub: Hub, client: Client, backplane: Backplane, since: Mapping[str, int | None],
                    epochs: Mapping[str, str], *, timeout: float = HISTORY_TIMEOUT) -> asyncio.Task[int]:
     """:func:`recover_from_history` in a task, with ``hub.hold(client)`` done *now*.
 
@@ -99,7 +84,7 @@ def start_recovery(hub: RecoveringHub, client: object, backplane: Backplane, sin
     return task
 
 
-async def recover_from_history(hub: RecoveringHub, client: object, backplane: Backplane,
+async def recover_from_history(hub: Hub, client: Client, backplane: Backplane,
                                since: Mapping[str, int | None], epochs: Mapping[str, str],
                                *, timeout: float = HISTORY_TIMEOUT, held: bool = False) -> int:
     """Recover ``client`` from the backplane's shared history; the number of entries read.
@@ -138,9 +123,11 @@ async def recover_from_history(hub: RecoveringHub, client: object, backplane: Ba
                 epoch, latest = hub.topic_state(topic)
                 hub.recover(client, topic, epoch, latest, [])
                 continue
-            epoch, latest, entries = r
-            if epoch is None:  # Redis has nothing on this topic
+            shared_epoch, latest, entries = r
+            if shared_epoch is None:  # Redis has nothing on this topic
                 epoch, latest = hub.topic_state(topic)
+            else:
+                epoch = shared_epoch
             read += len(entries)
             hub.recover(client, topic, epoch, latest, entries)
         return read

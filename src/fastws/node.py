@@ -36,9 +36,11 @@ from .exceptions import ServerError
 from .fanout import Publisher
 from .fdlimit import check_fd_limit, listening_socket
 from .handshake import accept_upgrade
+from .history import start_recovery
 from .http_types import HandshakeCheck, Route
 from .topics import (
     ClientRequest,
+    Grants,
     Subscription,
     check_topic,
     matches,
@@ -47,7 +49,9 @@ from .topics import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from logging import _ExcInfoType  # typeshed's name for what exc_info= takes
+    from logging import _ExcInfoType
+
+    from .backplane import Backplane  # typeshed's name for what exc_info= takes
 
 __all__ = ["LocalNode", "ConnectionLimit", "ClientCallbacks"]
 
@@ -119,7 +123,7 @@ class LocalNode:
         rejected: dict[str, int],
         ssl_context: ssl.SSLContext | None = None,
         limit: ConnectionLimit | None = None,
-        grants: Callable[[WSUpgradeRequest], tuple[str, ...] | None] | None = None,
+        grants: Grants | None = None,
     ) -> None:
         self.config = config
         self._routes = routes
@@ -142,6 +146,7 @@ class LocalNode:
         self.handshake_timeouts = 0
         self._picows_log = _PicowsLog(self)
         self._subscription = subscription_parser(config, grants)  # ?topics=, format, since (issue 15)
+        self.history_backplane: Backplane | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -270,6 +275,15 @@ class LocalNode:
     def flush(self) -> int:
         return self.hub.flush() if self.hub is not None else 0
 
+    def subscribers(self, topic: str) -> int:
+        return self.hub.receivers(topic) if self.hub is not None else 0
+
+    def use_shared_history(self, backplane: Backplane) -> None:
+        """Recover clients from ``backplane``'s history (Redis) instead of this node's (issue 15)."""
+        self.history_backplane = backplane
+        if self.hub is not None:
+            self.hub.shared_history = True
+
     @property
     def connection_count(self) -> int:
         return len(self.hub) if self.hub is not None else 0
@@ -397,6 +411,10 @@ class LocalNode:
     def _client_connected(self, client: Client) -> None:
         self.connections_total += 1
         self._empty.clear()
+        if self.history_backplane is not None and self.hub is not None:
+            pending = client.pending_recovery  # held by the Hub until the shared history is read
+            if pending is not None:
+                start_recovery(self.hub, client, self.history_backplane, *pending)
         cb = self._callbacks.on_connect
         if cb is not None:
             cb(client)

@@ -170,9 +170,12 @@ class Server:
             if c.backplane is not None:
                 from .backplane import create_backplane
 
-                relay = Relay(target, create_backplane(c.backplane, c.backplane_channel), self._encoder)
+                relay = Relay(target, create_backplane(c.backplane, c.backplane_channel, history_size=c.history_size,
+                                                       history_ttl=c.history_ttl), self._encoder)
                 await relay.start()
                 self._relay = relay
+                if relay.backplane.shared_history and self._node is not None:
+                    self._node.use_shared_history(relay.backplane)  # recovery reads Redis (issue 15)
                 self._target = relay
             self._publish = self._target.publisher()
         except BaseException:
@@ -264,9 +267,12 @@ class Server:
                 out.append(exc)
         return out
 
-    def broadcast_frame(self, frame: bytes) -> int:
-        """Broadcast a frame made by :func:`fastws.encode_frame` (to the backplane too, if any)."""
-        return self._started().publish_frame(frame)
+    def broadcast_frame(self, frame: bytes, topic: str | None = None, offset: int = 0,
+                        epoch: str | None = None) -> int:
+        """Broadcast a frame made by :func:`fastws.encode_frame` (to the backplane too, if any).
+
+        ``offset``/``epoch``: the frame was numbered by a shared history (worker processes)."""
+        return self._started().publish_frame(frame, topic, offset, epoch)
 
     def flush(self) -> int:
         """Write what was broadcast in this turn now (the server does so by itself each turn)."""

@@ -49,6 +49,7 @@ from ._cliutil import plural
 from ._types import Item, Stats
 from .config import ServerConfig
 from .exceptions import ServerError
+from .fanout import Publisher
 from .fdlimit import check_fd_limit
 from .frames import encode_topic_record, new_epoch, split_records
 
@@ -398,8 +399,12 @@ class WorkerPool:
         """Frame ``item`` once and queue it for every worker."""
         return self.publish_frame(self._encode(item), topic)
 
-    def publisher(self) -> Callable[[Item], int]:
+    def publisher(self) -> Publisher:
         return self.publish
+
+    def subscribers(self, topic: str) -> int:
+        """Every client over all workers (a worker's topics are not known to the parent)."""
+        return self.connection_count
 
     def publish_frame(self, frame: bytes, topic: str | None = None, offset: int = 0,
                       epoch: str | None = None) -> int:
