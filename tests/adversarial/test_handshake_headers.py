@@ -120,7 +120,7 @@ async def test_browser_upgrade_requests_connect_and_receive(browser):
         finally:
             sock.close()
         await wait_for(lambda: server.connection_count == 0)
-        assert server.stats()["rejected"] == {"max_connections": 0}
+        assert not any(server.stats()["rejected"].values())  # every refusal reason at 0
 
 
 # Connection and Upgrade as token lists: any order, any case, spaces or none, several lines.
