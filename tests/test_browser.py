@@ -330,6 +330,178 @@ def test_serve_page_shows_text_and_json_lines(page: Any, tmp_path: Path) -> None
     assert_no_page_errors(page)
 
 
+# -- topics (issue 15) ----------------------------------------------------------------------------
+
+
+class CuttableProxy:
+    """A TCP relay on loopback whose connections can be cut (a train tunnel) and refused until resumed."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                down.close()
+                continue
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream), timeout=TIMEOUT)
+            except OSError:
+                down.close()
+                continue
+            up.settimeout(None)
+            with self._lock:
+                self._socks += [down, up]
+                self.accepted += 1
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Drop every relayed connection abruptly (no CLOSE frame) and refuse new ones."""
+        self.open = False
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:  # shutdown wakes the pumps blocked in recv(); neither side gets a CLOSE frame
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def resume(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+        self._thread.join(TIMEOUT)
+
+
+def _has_topics() -> bool:
+    import fastws._core
+
+    return hasattr(fastws._core.Hub, "configure_topics")
+
+
+def page_state(driver: Any) -> dict[str, Any]:
+    return driver.execute_script("""
+        const p = window.fastwsPage;
+        return {state: p.state, received: p.received, reconnects: p.reconnects, perTopic: p.perTopic,
+                events: p.events, wsUrl: p.wsUrl, topics: p.topics,
+                rows: [...document.querySelectorAll('#topic-rows tr')].map(
+                    (r) => [...r.children].map((td) => td.textContent)),
+                log: [...document.querySelectorAll('#recoveries li')].map((li) => li.dataset.kind)};
+    """)
+
+
+@pytest.mark.skipif(not _has_topics(), reason="the topic core (Hub.configure_topics, issue 15) is not in this build yet")
+def test_dashboard_page_topics_counts_and_resume_after_a_drop(page: Any, tmp_path: Path) -> None:
+    """The page subscribes to chosen topics, counts per topic, and after a dropped connection
+    resumes with since/epoch: every missed message arrives once, in order, and the recovery shows."""
+    from websockets.sync.client import connect
+
+    port = free_port()
+    child = Child(["serve", "--page", "--host", "127.0.0.1", "--port", str(port), "--topic-field", "topic",
+                   "--history-size", "100"], port, tmp_path / "serve.log", stdin=subprocess.PIPE)
+    proxy = CuttableProxy(port)
+    assert child.proc.stdin is not None
+    stdin = child.proc.stdin
+    sent: dict[str, int] = {"a": 0, "b": 0, "c": 0, "": 0}
+
+    def publish(topic: str, n: int) -> None:
+        for _ in range(n):
+            sent[topic] += 1
+            item = {"topic": topic, "value": sent[topic]} if topic else {"value": sent[topic]}
+            stdin.write((json.dumps(item) + "\n").encode())
+        stdin.flush()
+
+    try:
+        # an observer that sees every published message (so the test knows they went out)
+        with connect(f"ws://127.0.0.1:{port}/?topics=a,b,c&format=envelope", open_timeout=TIMEOUT) as observer:
+            def observe(n: int) -> list[Any]:
+                got = []
+                while len(got) < n:
+                    m = json.loads(observer.recv(timeout=TIMEOUT))
+                    if "data" in m:
+                        got.append(m)
+                return got
+
+            page.get(f"http://127.0.0.1:{port}/?url=ws://127.0.0.1:{proxy.port}/&topics=a,b")
+            wait_until("the page to subscribe to a and b", lambda: {
+                e.get("topic") for e in page_state(page)["events"] if e["type"] == "subscribed"} >= {"a", "b"})
+            state = page_state(page)
+            assert state["state"] == "connected" and state["topics"] == ["a", "b"]
+            assert "topics=a,b&format=envelope" in state["wsUrl"] and "since=" not in state["wsUrl"]
+
+            publish("a", 5), publish("b", 3), publish("c", 2), publish("", 1)
+            observe(11)
+            wait_until("the page to count 5 a, 3 b, 1 without a topic", lambda: (
+                (p := page_state(page)["perTopic"]).get("a", {}).get("count") == 5
+                and p.get("b", {}).get("count") == 3 and p.get("", {}).get("count") == 1))
+            assert "c" not in page_state(page)["perTopic"]  # not subscribed: never received
+
+            proxy.cut()  # the tunnel: the page's connection drops, and reconnecting fails for now
+            wait_until("the page to see the drop", lambda: page_state(page)["state"] != "connected")
+            publish("a", 4), publish("b", 2)  # missed by the page
+            observe(6)
+            proxy.resume()
+            resumed = wait_until("the page to resume and recover a and b", lambda: (
+                (p := page_state(page))["state"] == "connected"
+                and [e for e in p["events"] if e["type"] == "subscribed" and e.get("recovered") is True]
+                and p["perTopic"]["a"]["count"] == 9 and p["perTopic"]["b"]["count"] == 5 and p), timeout=3 * TIMEOUT)
+            assert "since=a:5,b:3&epoch=" in resumed["wsUrl"]
+            recoveries = [e for e in resumed["events"] if e["type"] == "subscribed" and "recovered" in e]
+            assert {(e["topic"], e["recovered"]) for e in recoveries} == {("a", True), ("b", True)}
+            for topic, offset in (("a", 9), ("b", 5)):
+                t = resumed["perTopic"][topic]
+                assert (t["offset"], t["gaps"], t["dups"]) == (offset, 0, 0), (topic, t)
+            assert resumed["reconnects"] >= 1
+            assert ["a", "9", "9"] == resumed["rows"][0][:3] and ["b", "5", "5"] == resumed["rows"][1][:3]
+            assert "recovered" in resumed["log"]
+            # the newest messages shown are the items themselves (the envelope's data)
+            newest = json.loads(dom(page)["messages"][0])
+            assert newest == {"topic": "b", "value": 5}
+
+            # another topic through the field: a new connection with ?topics=c
+            field = page.find_element("id", "topics")
+            field.clear()
+            field.send_keys("c")
+            page.find_element("css selector", "#topics-form button").click()
+            wait_until("the page to subscribe to c", lambda: any(
+                e.get("topic") == "c" for e in page_state(page)["events"] if e["type"] == "subscribed"))
+            publish("c", 1)
+            observe(1)
+            wait_until("the page to count c", lambda: page_state(page)["perTopic"].get("c", {}).get("count") == 1)
+            state = page_state(page)
+            assert "topics=c&format=envelope" in state["wsUrl"] and set(state["perTopic"]) <= {"c", ""}
+            assert "topics=c" in page.current_url  # a reload keeps the choice
+    finally:
+        proxy.close()
+        assert child.stop() == 0, (tmp_path / "serve.log").read_text()
+    assert_no_page_errors(page)
+
+
 # -- the spec's JavaScript client ---------------------------------------------------------------
 
 

@@ -297,3 +297,170 @@ async def test_nonfinite_numbers_are_counted_in_stats_and_metrics():
                 assert json.loads(await ws.recv()) == {"n": 1}
             assert server.stats()["nonfinite_numbers"] == 3
             assert (await metrics(server.port))["fastws_nonfinite_numbers_total"] == 3
+
+
+# -- topics (issue 15) and compression ------------------------------------------------------------
+
+needs_topics = pytest.mark.skipif(
+    not hasattr(fastws._core.Hub, "configure_topics"),
+    reason="the topic core (Hub.configure_topics, issue 15) is not in this build yet",
+)
+
+
+class _TopicsFake:
+    """A stats source with topic counters and a Hub that knows four topics."""
+
+    def __init__(self, topic_metrics: int, topics: dict | None = None) -> None:
+        self.config = type("C", (), {"max_connections": 1, "topic_metrics": topic_metrics})()
+        self.topics = topics
+        self.asked: list[int] = []
+        fake = self
+
+        class Hub:
+            def topic_counts(self, limit: int) -> dict[str, tuple[int, int]]:
+                fake.asked.append(limit)
+                return {"quiet": (9, 1), "busy": (1, 50), 'we"ird\\': (2, 20), "mid": (4, 10)}
+
+        self.hub = Hub()
+
+    def stats(self) -> dict:
+        s = {"connections": 0, "uptime": 1.0}
+        if self.topics is not None:
+            s["topics"] = self.topics
+        return s
+
+
+TOPIC_STATS = {"topics": 4, "subscriptions": 16, "envelope_clients": 3, "recovered": 5, "not_recovered": 2,
+               "replayed": 40, "history_entries": 81, "subscribe_errors": 1}
+
+
+def test_topic_metrics_come_from_stats():
+    m = parse_prometheus(render_metrics(_TopicsFake(0, TOPIC_STATS)))
+    assert m["fastws_topics"] == 4
+    assert m["fastws_topic_subscriptions"] == 16
+    assert m["fastws_envelope_clients"] == 3
+    assert m["fastws_topic_history_entries"] == 81
+    assert m["fastws_recoveries_total"] == {"recovered": 5, "not_recovered": 2}
+    assert m["fastws_replayed_messages_total"] == 40
+    assert m["fastws_subscribe_errors_total"] == 1
+    # per-topic series are off unless topic_metrics > 0
+    assert "fastws_topic_messages_total" not in m and "fastws_topic_subscribers" not in m
+
+
+def test_per_topic_series_are_capped_to_the_busiest_and_escaped():
+    fake = _TopicsFake(2, TOPIC_STATS)
+    text = render_metrics(fake)
+    m = parse_prometheus(text)
+    assert fake.asked == [2]
+    assert m["fastws_topic_messages_total"] == {"busy": 50, 'we\\"ird\\\\': 20}
+    assert m["fastws_topic_subscribers"] == {"busy": 1, 'we\\"ird\\\\': 2}
+    assert 'fastws_topic_messages_total{topic="we\\"ird\\\\"} 20\n' in text
+
+
+def test_no_topic_metrics_without_topic_stats():
+    """A server without topic support (or an older stats source) gets no topic series at all."""
+    m = parse_prometheus(render_metrics(_TopicsFake(10, None)))
+    assert not [name for name in m if "topic" in name or "recover" in name or "replayed" in name]
+
+
+def test_compression_metrics_come_from_stats():
+    class Fake:
+        config = type("C", (), {"max_connections": 1})()
+
+        def stats(self):
+            return {"connections": 0, "uptime": 1.0, "compression": {
+                "clients": 3, "window_bits": 15, "level": 6, "min_size": 128, "messages_compressed": 7,
+                "messages_uncompressed": 2, "bytes_in": 7000, "bytes_compressed": 900, "inflaters": 1}}
+
+    m = parse_prometheus(render_metrics(Fake()))
+    assert m["fastws_compression_clients"] == 3
+    assert m["fastws_compression_inflaters"] == 1
+    assert m["fastws_compression_window_bits"] == 15
+    assert m["fastws_compression_messages_compressed_total"] == 7
+    assert m["fastws_compression_messages_uncompressed_total"] == 2
+    assert m["fastws_compression_bytes_in_total"] == 7000
+    assert m["fastws_compression_bytes_compressed_total"] == 900
+
+
+async def test_compression_metrics_of_a_real_server():
+    async with running_server(compression_min_size=64) as server:
+        async with connect(url(server)) as ws:  # websockets offers permessage-deflate
+            await wait_for(lambda: server.connection_count == 1)
+            server.broadcast({"text": "a" * 500})
+            server.broadcast("short")
+            async with asyncio.timeout(TIMEOUT):
+                assert json.loads(await ws.recv()) == {"text": "a" * 500}
+                assert await ws.recv() == "short"
+            m = await metrics(server.port)
+            c = server.stats()["compression"]
+    assert m["fastws_compression_clients"] == c["clients"] == 1
+    assert m["fastws_compression_messages_compressed_total"] == c["messages_compressed"] == 1
+    assert m["fastws_compression_messages_uncompressed_total"] == c["messages_uncompressed"] == 1
+    assert m["fastws_compression_bytes_in_total"] == c["bytes_in"] == len(b'{"text":""}') + 500 + 5
+    assert 0 < m["fastws_compression_bytes_compressed_total"] == c["bytes_compressed"] < 100
+    async with running_server(compression="off") as server:
+        assert not [name for name in await metrics(server.port) if name.startswith("fastws_compression_")]
+
+
+async def _recv_json(ws) -> dict:
+    async with asyncio.timeout(TIMEOUT):
+        return json.loads(await ws.recv())
+
+
+@needs_topics
+async def test_topic_metrics_of_a_real_server():
+    """Gauges, recovery counters and the capped per-topic series, read over HTTP from a real server."""
+    async with running_server(topic_metrics=2, history_size=10) as server:
+        base = url(server)
+        a = await connect(base + "?topics=a&format=envelope")
+        b1, b2 = await connect(base + "?topics=b"), await connect(base + "?topics=b")
+        c = await connect(base + "?topics=c")
+        try:
+            await wait_for(lambda: server.connection_count == 4)
+            for i in range(3):
+                assert server.broadcast({"i": i}, topic="a") == 1
+            for i in range(2):
+                assert server.broadcast({"i": i}, topic="b") == 2
+            assert server.broadcast({"i": 0}, topic="c") == 1
+            first = await _recv_json(a)
+            assert first["topic"] == "a" and first["offset"] == 1 and first["data"] == {"i": 0}
+            epoch = first["epoch"]
+            for ws in (b1, b2):
+                assert [await _recv_json(ws) for _ in range(2)] == [{"i": 0}, {"i": 1}]
+            assert await _recv_json(c) == {"i": 0}
+            m = await metrics(server.port)
+            t = server.stats()["topics"]
+            assert m["fastws_topics"] == t["topics"] >= 3
+            assert m["fastws_topic_subscriptions"] == t["subscriptions"] == 4
+            assert m["fastws_envelope_clients"] == t["envelope_clients"] == 1
+            assert m["fastws_topic_history_entries"] == t["history_entries"] == 6
+            # topic_metrics: 2 -> the two busiest topics only
+            assert m["fastws_topic_messages_total"] == {"a": 3, "b": 2}
+            assert m["fastws_topic_subscribers"] == {"a": 1, "b": 2}
+
+            # one recovery that fills the gap (2 messages replayed), one from another epoch
+            async with connect(base + f"?topics=a&format=envelope&since=a:1&epoch={epoch}") as ok:
+                hello = await _recv_json(ok)
+                assert hello == {"type": "subscribed", "topic": "a", "epoch": epoch, "offset": 3, "recovered": True}
+                assert [(await _recv_json(ok))["offset"] for _ in range(2)] == [2, 3]
+            async with connect(base + "?topics=a&format=envelope&since=a:1&epoch=not-this-one") as gap:
+                assert (await _recv_json(gap))["recovered"] is False
+            # a subscribe message while client_subscriptions is off: an error envelope, counted
+            await a.send(json.dumps({"subscribe": "b"}))
+            while (reply := await _recv_json(a)).get("type") != "error":
+                pass
+            assert reply["error"] == "client_subscriptions_off"
+            m = await metrics(server.port)
+            t = server.stats()["topics"]
+            assert m["fastws_recoveries_total"] == {"recovered": 1, "not_recovered": 1}
+            assert m["fastws_replayed_messages_total"] == t["replayed"] == 2
+            assert m["fastws_subscribe_errors_total"] == t["subscribe_errors"] == 1
+        finally:
+            for ws in (a, b1, b2, c):
+                await ws.close()
+
+
+async def test_no_topic_series_without_topic_metrics():
+    async with running_server() as server:
+        m = await metrics(server.port)
+    assert "fastws_topic_messages_total" not in m and "fastws_topic_subscribers" not in m

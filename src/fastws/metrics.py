@@ -135,12 +135,88 @@ def render_metrics(server: StatsSource) -> str:
                s["worker_restarts"])
         metric("fastws_worker_frames_dropped_total", "counter",
                "Frames the parent skipped for a worker whose pipe was full.", s.get("worker_frames_dropped", 0))
+    _compression_metrics(metric, s.get("compression"))
+    _topic_metrics(metric, s.get("topics"), _topic_counts(server),
+                   int(getattr(server.config, "topic_metrics", 0)))
     metric("fastws_uptime_seconds", "gauge", "Seconds since the server started.", round(s.get("uptime", 0.0), 3))
     rss = _rss_bytes()
     if rss is not None:
         metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss)
     out.append("")
     return "\n".join(out)
+
+
+class _Metric(Protocol):
+    def __call__(self, name: str, kind: str, help_: str, value: float = 0,
+                 by: tuple[str, Mapping[str, float]] | None = None) -> None: ...
+
+
+#: ``stats()["compression"]`` (permessage-deflate) -> (metric suffix, kind, help).
+_COMPRESSION = (
+    ("clients", "clients", "gauge", "Clients that negotiated permessage-deflate."),
+    ("inflaters", "inflaters", "gauge", "Decompressors held for clients that send compressed messages."),
+    ("window_bits", "window_bits", "gauge", "Window (bits) broadcasts are compressed with now."),
+    ("messages_compressed", "messages_compressed_total", "counter",
+     "Broadcast messages compressed (once each, for every deflate client)."),
+    ("messages_uncompressed", "messages_uncompressed_total", "counter",
+     "Broadcast messages sent to deflate clients uncompressed (shorter than compression_min_size)."),
+    ("bytes_in", "bytes_in_total", "counter", "Payload bytes of the messages for deflate clients, before compression."),
+    ("bytes_compressed", "bytes_compressed_total", "counter", "Payload bytes of the compressed messages."),
+)
+
+
+def _compression_metrics(metric: _Metric, c: object) -> None:
+    """``fastws_compression_*`` from ``stats()["compression"]`` (absent with ``compression: off``)."""
+    if not isinstance(c, Mapping):
+        return
+    for key, suffix, kind, help_ in _COMPRESSION:
+        value = c.get(key)
+        if isinstance(value, (int, float)):
+            metric(f"fastws_compression_{suffix}", kind, help_, value)
+
+
+def _topic_counts(server: StatsSource) -> Callable[[int], Mapping[str, tuple[int, int]]] | None:
+    """``topic_counts(limit)`` of the server or of its Hub (none with workers, or before topics)."""
+    found: Callable[[int], Mapping[str, tuple[int, int]]] | None = getattr(server, "topic_counts", None)
+    if found is None:
+        found = getattr(getattr(server, "hub", None), "topic_counts", None)
+    return found
+
+
+def _topic_metrics(metric: _Metric, t: object,
+                   counts: Callable[[int], Mapping[str, tuple[int, int]]] | None = None,
+                   limit: int = 0) -> None:
+    """Topic gauges and counters from ``stats()["topics"]``; per-topic series for at most
+    ``limit`` topics (``topic_metrics``), the busiest by messages."""
+    if not isinstance(t, Mapping):
+        return  # a server without topic support: nothing to say
+
+    def num(key: str) -> float:
+        value = t.get(key, 0)
+        return value if isinstance(value, (int, float)) else 0
+
+    metric("fastws_topics", "gauge", "Topics that have subscribers or history.", num("topics"))
+    metric("fastws_topic_subscriptions", "gauge", "Client subscriptions to topics (a client with 3 topics: 3).",
+           num("subscriptions"))
+    metric("fastws_envelope_clients", "gauge", "Clients connected with ?format=envelope.", num("envelope_clients"))
+    metric("fastws_topic_history_entries", "gauge", "Messages held in topic histories (history_size).",
+           num("history_entries"))
+    metric("fastws_recoveries_total", "counter",
+           "Reconnects with ?since=: the gap was filled (recovered) or could not be (not_recovered).",
+           by=("result", {"recovered": num("recovered"), "not_recovered": num("not_recovered")}))
+    metric("fastws_replayed_messages_total", "counter", "Messages sent from topic histories to recovering clients.",
+           num("replayed"))
+    metric("fastws_subscribe_errors_total", "counter",
+           "Subscribe or unsubscribe messages answered with an error envelope.", num("subscribe_errors"))
+    if limit <= 0 or counts is None:
+        return
+    busiest = sorted(counts(limit).items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))[:limit]
+    metric("fastws_topic_messages_total", "counter",
+           f"Messages published per topic (the {limit} busiest topics; topic_metrics).",
+           by=("topic", {name: messages for name, (_, messages) in busiest}))
+    metric("fastws_topic_subscribers", "gauge",
+           f"Subscribers per topic (the {limit} busiest topics; topic_metrics).",
+           by=("topic", {name: subscribers for name, (subscribers, _) in busiest}))
 
 
 def _num(v: float) -> str:

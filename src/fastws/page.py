@@ -4,7 +4,10 @@ Turned on by ``page: true`` in the server config (``fastws serve --page``). The 
 is one self-contained HTML file (inline CSS and JavaScript, nothing fetched from
 elsewhere) that connects back to the server it was loaded from and shows the
 connection state, a message counter, the last messages as JSON and a live chart
-per numeric field; it reconnects with backoff when the server goes away.
+per numeric field; it reconnects with backoff when the server goes away. With topics
+chosen (its field, or ``?topics=a,b``) it connects in envelope mode, shows per-topic
+counts, offsets and recovery events, and resumes with ``since``/``epoch`` after a drop
+(docs/topics.md).
 """
 
 from __future__ import annotations
