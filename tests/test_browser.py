@@ -398,12 +398,6 @@ class CuttableProxy:
         self._thread.join(TIMEOUT)
 
 
-def _has_topics() -> bool:
-    import fastws._core
-
-    return hasattr(fastws._core.Hub, "configure_topics")
-
-
 def page_state(driver: Any) -> dict[str, Any]:
     return driver.execute_script("""
         const p = window.fastwsPage;
@@ -415,7 +409,6 @@ def page_state(driver: Any) -> dict[str, Any]:
     """)
 
 
-@pytest.mark.skipif(not _has_topics(), reason="the topic core (Hub.configure_topics, issue 15) is not in this build yet")
 def test_dashboard_page_topics_counts_and_resume_after_a_drop(page: Any, tmp_path: Path) -> None:
     """The page subscribes to chosen topics, counts per topic, and after a dropped connection
     resumes with since/epoch: every missed message arrives once, in order, and the recovery shows."""

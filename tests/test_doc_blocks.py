@@ -247,7 +247,7 @@ async def first_message(port: int, proc: asyncio.subprocess.Process, workdir: Pa
         n = 0
         while True:
             n += 1
-            line = f"line {n} from the docs test\n".encode()
+            line = b'{"docs_test_line": %d}\n' % n  # JSON: servers with --topic-field take it too
             with open(workdir / "app.log", "ab") as log:
                 log.write(line)
             if proc.stdin is not None:

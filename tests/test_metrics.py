@@ -301,10 +301,6 @@ async def test_nonfinite_numbers_are_counted_in_stats_and_metrics():
 
 # -- topics (issue 15) and compression ------------------------------------------------------------
 
-needs_topics = pytest.mark.skipif(
-    not hasattr(fastws._core.Hub, "configure_topics"),
-    reason="the topic core (Hub.configure_topics, issue 15) is not in this build yet",
-)
 
 
 class _TopicsFake:
@@ -407,7 +403,6 @@ async def _recv_json(ws) -> dict:
         return json.loads(await ws.recv())
 
 
-@needs_topics
 async def test_topic_metrics_of_a_real_server():
     """Gauges, recovery counters and the capped per-topic series, read over HTTP from a real server."""
     async with running_server(topic_metrics=2, history_size=10) as server:
@@ -422,6 +417,8 @@ async def test_topic_metrics_of_a_real_server():
             for i in range(2):
                 assert server.broadcast({"i": i}, topic="b") == 2
             assert server.broadcast({"i": 0}, topic="c") == 1
+            subscribed = await _recv_json(a)
+            assert subscribed["type"] == "subscribed" and subscribed["offset"] == 0
             first = await _recv_json(a)
             assert first["topic"] == "a" and first["offset"] == 1 and first["data"] == {"i": 0}
             epoch = first["epoch"]

@@ -82,8 +82,11 @@ async def test_envelope_clients_get_topic_offset_epoch_and_data_others_the_item(
         server.broadcast('{"already": "json"}', topic="prices")
         server.broadcast("not json", topic="prices")
         server.broadcast({"all": 1})
+        subscribed = await recv_json(env)
+        assert subscribed == {"type": "subscribed", "topic": "prices", "epoch": subscribed["epoch"], "offset": 0}
         got = await recv_all(env, 4)
         epoch = got[0]["epoch"]
+        assert epoch == subscribed["epoch"]
         assert got[0] == {"topic": "prices", "offset": 1, "epoch": epoch, "data": {"p": 1}}
         assert got[1] == {"topic": "prices", "offset": 2, "epoch": epoch, "data": {"already": "json"}}
         assert got[2] == {"topic": "prices", "offset": 3, "epoch": epoch, "data": "not json"}
@@ -102,6 +105,7 @@ async def test_recovery_replays_what_was_missed_then_live_with_no_gap_and_no_dup
         await wait_for(lambda: server.connection_count == 1)
         for i in range(1, 4):
             server.broadcast({"i": i}, topic="prices")
+        assert (await recv_json(ws))["type"] == "subscribed"
         got = await recv_all(ws, 3)
         last, epoch = got[-1]["offset"], got[-1]["epoch"]
         await ws.close()
@@ -229,7 +233,8 @@ async def test_an_envelope_client_arriving_mid_turn_gets_the_frames_queued_befor
     hub.publish({"i": 2}, "t")
     assert hub.flush() == 2
     assert _payloads(plain) == [{"i": 1}, {"i": 2}]
-    got = _payloads(late)
+    subscribed, *got = _payloads(late)
+    assert subscribed["type"] == "subscribed" and subscribed["offset"] == 0  # said at connect: 1 is not flushed yet
     assert [(m["offset"], m["data"]) for m in got] == [(1, {"i": 1}), (2, {"i": 2})]
 
 

@@ -841,6 +841,8 @@ cdef class Hub:
         if c._deflate and self.deflater is not None:
             self.deflater.joined(c._wbits)  # permessage-deflate
         self._join(c)
+        if c._envelope and c._topics:
+            self._announce(c)
         if c._want:
             if self.shared_history and any(v is not None for v in c._want.values()):
                 c._held = []  # node.py fetches the history, then recover() and release()
@@ -1447,6 +1449,21 @@ cdef class Hub:
         if t.history is None:
             return []
         return [(e[0], e[1]) for e in t.history if after < e[0] <= t.flushed and e[2] >= oldest]
+
+    cdef _announce(self, Client c):
+        """An envelope client's topics, each with its epoch and offset now ("subscribed"), but
+        the ones it recovers (their "subscribed" comes with the recovery)."""
+        cdef bytearray out = bytearray()
+        cdef Topic t
+        want = c._want or {}
+        for name in sorted(c._topics):
+            if name not in want:
+                t = self._topic(name)
+                if self.shared_history and t.flushed == 0:
+                    continue  # the shared history has not numbered it here yet: no epoch to give
+                out += _control({"type": "subscribed", "topic": name, "epoch": t.epoch, "offset": t.flushed})
+        if out:
+            c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
 
     cdef _recover_local(self, Client c):
         cdef bytearray out = bytearray()
