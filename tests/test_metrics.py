@@ -211,6 +211,9 @@ def test_label_values_are_escaped():
     class Fake:
         config = type("C", (), {"max_connections": 1})()
 
+        def topic_counts(self, limit):
+            return {}
+
         def stats(self):
             return {"connections": 0, "rejected": {'we"ird\\reason\n': 2}, "uptime": 1.5}
 
@@ -268,6 +271,9 @@ def test_every_counter_of_the_operations_table_is_exported():
     class Fake:
         config = type("C", (), {"max_connections": 1})()
 
+        def topic_counts(self, limit):
+            return {}
+
         def stats(self):
             return {"connections": 0, "uptime": 1.0, "pongs_skipped": 7, "worker_restarts": 2,
                     "worker_frames_dropped": 3}
@@ -312,12 +318,11 @@ class _TopicsFake:
         self.asked: list[int] = []
         fake = self
 
-        class Hub:
-            def topic_counts(self, limit: int) -> dict[str, tuple[int, int]]:
-                fake.asked.append(limit)
-                return {"quiet": (9, 1), "busy": (1, 50), 'we"ird\\': (2, 20), "mid": (4, 10)}
+        del fake
 
-        self.hub = Hub()
+    def topic_counts(self, limit: int) -> dict[str, tuple[int, int]]:
+        self.asked.append(limit)
+        return {"quiet": (9, 1), "busy": (1, 50), 'we"ird\\': (2, 20), "mid": (4, 10)}
 
     def stats(self) -> dict:
         s = {"connections": 0, "uptime": 1.0}
@@ -362,6 +367,9 @@ def test_no_topic_metrics_without_topic_stats():
 def test_compression_metrics_come_from_stats():
     class Fake:
         config = type("C", (), {"max_connections": 1})()
+
+        def topic_counts(self, limit):
+            return {}
 
         def stats(self):
             return {"connections": 0, "uptime": 1.0, "compression": {

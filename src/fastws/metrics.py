@@ -44,6 +44,10 @@ class StatsSource(Protocol):
 
     def stats(self) -> Stats: ...
 
+    def topic_counts(self, limit: int) -> Mapping[str, tuple[int, int]]:
+        """{topic: (subscribers, messages)} of the ``limit`` busiest topics (empty when not known)."""
+        ...
+
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -136,7 +140,7 @@ def render_metrics(server: StatsSource) -> str:
         metric("fastws_worker_frames_dropped_total", "counter",
                "Frames the parent skipped for a worker whose pipe was full.", s.get("worker_frames_dropped", 0))
     _compression_metrics(metric, s.get("compression"))
-    _topic_metrics(metric, s.get("topics"), _topic_counts(server),
+    _topic_metrics(metric, s.get("topics"), server.topic_counts,
                    int(getattr(server.config, "topic_metrics", 0)))
     metric("fastws_uptime_seconds", "gauge", "Seconds since the server started.", round(s.get("uptime", 0.0), 3))
     rss = _rss_bytes()
@@ -173,14 +177,6 @@ def _compression_metrics(metric: _Metric, c: object) -> None:
         value = c.get(key)
         if isinstance(value, (int, float)):
             metric(f"fastws_compression_{suffix}", kind, help_, value)
-
-
-def _topic_counts(server: StatsSource) -> Callable[[int], Mapping[str, tuple[int, int]]] | None:
-    """``topic_counts(limit)`` of the server or of its Hub (none with workers, or before topics)."""
-    found: Callable[[int], Mapping[str, tuple[int, int]]] | None = getattr(server, "topic_counts", None)
-    if found is None:
-        found = getattr(getattr(server, "hub", None), "topic_counts", None)
-    return found
 
 
 def _topic_metrics(metric: _Metric, t: object,

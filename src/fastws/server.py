@@ -322,6 +322,12 @@ class Server:
     def clients(self) -> list[Client]:
         return self._node.clients if self._node is not None and self._target is not None else []
 
+    def topic_counts(self, limit: int = 100) -> dict[str, tuple[int, int]]:
+        """{topic: (subscribers, messages)} of the ``limit`` busiest topics of this process's
+        clients (empty with workers: each worker knows its own)."""
+        hub = self.hub
+        return hub.topic_counts(limit) if hub is not None else {}
+
     def stats(self) -> Stats:
         s: Stats = self._target.stats() if self._target is not None else {"connections": 0}
         self._encoder.add_stats(s)
