@@ -534,3 +534,69 @@ function updateUI(data) {{ window.ui.push(data); }}
         assert system.stop() == 0
     wait_until("onclose to run", lambda: ["WebSocket connection closed"] in page.execute_script("return window.logs"))
     assert_no_page_errors(page)
+
+
+def test_dashboard_page_resumes_on_another_node_from_the_redis_history(page: Any, tmp_path: Path) -> None:
+    """Issue 15: the page is on node A, the connection drops, it comes back through the same
+    address to node B (another process sharing a Redis history) and recovers with no gap."""
+    import uuid
+
+    from websockets.sync.client import connect
+
+    shared = ["--topic-field", "topic", "--history-size", "100", "--backplane", "redis://127.0.0.1:6379/0",
+              "--backplane-channel", f"fastws-test-{uuid.uuid4().hex[:12]}"]
+    port_a, port_b = free_port(), free_port()
+    node_a = Child(["serve", "--page", "--host", "127.0.0.1", "--port", str(port_a), *shared], port_a,
+                   tmp_path / "a.log", stdin=subprocess.PIPE)
+    node_b = Child(["serve", "--page", "--host", "127.0.0.1", "--port", str(port_b), *shared], port_b, tmp_path / "b.log")
+    proxy = CuttableProxy(port_a)
+    assert node_a.proc.stdin is not None
+    stdin = node_a.proc.stdin
+    sent = 0
+
+    def publish(n: int) -> None:
+        nonlocal sent
+        for _ in range(n):
+            sent += 1
+            stdin.write((json.dumps({"topic": "a", "value": sent}) + "\n").encode())
+        stdin.flush()
+
+    try:
+        # an observer on node B: what it gets went through Redis (numbered, in the history)
+        with connect(f"ws://127.0.0.1:{port_b}/?topics=a&format=envelope", open_timeout=TIMEOUT) as observer:
+            def observe(n: int) -> list[Any]:
+                got: list[Any] = []
+                while len(got) < n:
+                    m = json.loads(observer.recv(timeout=TIMEOUT))
+                    if "data" in m:
+                        got.append(m)
+                return got
+
+            page.get(f"http://127.0.0.1:{port_a}/?url=ws://127.0.0.1:{proxy.port}/&topics=a")
+            wait_until("the page to connect", lambda: page_state(page)["state"] == "connected")
+            publish(3)
+            observe(3)
+            wait_until("the page to count 3 on a", lambda: page_state(page)["perTopic"].get("a", {}).get("count") == 3)
+
+            proxy.cut()
+            wait_until("the page to see the drop", lambda: page_state(page)["state"] != "connected")
+            publish(4)  # missed by the page
+            observe(4)
+            proxy.upstream = port_b  # the same address now leads to node B
+            proxy.resume()
+            resumed = wait_until("the page to recover on node B", lambda: (
+                (p := page_state(page))["state"] == "connected"
+                and any(e["type"] == "subscribed" and e.get("recovered") is True for e in p["events"])
+                and p["perTopic"]["a"]["count"] == 7 and p), timeout=3 * TIMEOUT)
+            assert "since=a:3&epoch=" in resumed["wsUrl"]
+            t = resumed["perTopic"]["a"]
+            assert (t["offset"], t["gaps"], t["dups"]) == (7, 0, 0), t
+            publish(1)  # live again, through node B
+            observe(1)
+            wait_until("the page to count the live message", lambda: page_state(page)["perTopic"]["a"]["count"] == 8)
+            assert page_state(page)["perTopic"]["a"]["gaps"] == 0
+    finally:
+        proxy.close()
+        assert node_a.stop() == 0, (tmp_path / "a.log").read_text()
+        assert node_b.stop() == 0, (tmp_path / "b.log").read_text()
+    assert_no_page_errors(page)
