@@ -309,3 +309,23 @@ async def test_hold_and_release_skip_what_the_recovery_replayed():
     got = _payloads(t)
     assert got[0] == {"type": "subscribed", "topic": "p", "epoch": "E", "offset": 5, "recovered": True}
     assert [m["offset"] for m in got[1:]] == [3, 4, 5, 6]
+
+
+async def test_audiences_of_many_names_few_names_and_prefixes_in_one_flush():
+    loop = asyncio.get_running_loop()
+    hub, (many, few, prefix) = _hub_with(
+        loop,
+        lambda c: c.set_subscription({f"s{i}" for i in range(20)}),  # more names than topics in the flush
+        lambda c: c.set_subscription({"s3", "x"}),
+        lambda c: c.set_subscription(None, ("s1*",)),  # s1, s10..s19
+    )
+    order = ["s3", None, "s15", "y", "s1", "s3"]
+    for k, topic in enumerate(order):
+        hub.publish({"k": k}, topic)
+    hub.flush()
+    assert [m["k"] for m in _payloads(many)] == [0, 1, 2, 4, 5]
+    assert [m["k"] for m in _payloads(few)] == [0, 1, 5]
+    assert [m["k"] for m in _payloads(prefix)] == [1, 2, 4]
+    hub.publish({"k": "next"}, "s3")  # the index of the previous flush is gone
+    hub.flush()
+    assert _payloads(many) == [{"k": "next"}] and _payloads(few) == [{"k": "next"}] and _payloads(prefix) == []

@@ -12,7 +12,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport uint8_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from ._frame cimport write_header
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -185,12 +185,14 @@ cdef class Topic:
         bytes _epoch_json
         unsigned long long _recv_version         # Hub._aud_version the count below is for
         Py_ssize_t _recv                         # clients of audiences that match it
+        list _idx                                # its frames in this flush (Hub._index_turn)
 
     def __init__(self, str name, Py_ssize_t keep):
         self.name = name
         self._name_json = _envelope_encoder.encode(name)
         self.history = deque(maxlen=keep) if keep > 0 else None
         self._recv_version = <unsigned long long>-1
+        self._idx = []
         self.set_epoch(_new_epoch())
 
     cdef set_epoch(self, str epoch):
@@ -771,6 +773,9 @@ cdef class Hub:
         Py_ssize_t _etick_cap
         uint8_t* _match
         Py_ssize_t _match_cap
+        bint _indexed                               # this flush's frames are indexed by topic
+        list _untopiced                             # indices of this flush's frames without topic
+        list _touched                               # topics with frames in this flush
         bint _firehose
         Py_ssize_t _keep                            # history entries per topic (at least the latest)
         double _ttl
@@ -789,6 +794,8 @@ cdef class Hub:
         if self._tick == NULL:
             raise MemoryError()
         self._rec_topics = []
+        self._untopiced = []
+        self._touched = []
         self._topics = {}
         self._auds = {}
         self._firehose = True
@@ -1216,6 +1223,8 @@ cdef class Hub:
             self._etick_len = 0
             self._topic_frames = 0
             del self._rec_topics[:]
+            if self._indexed:
+                self._unindex_turn()
             if self.deflater is not None:
                 self.deflater.reset()
             if self._tick_cap > 4 * TICK_KEEP:
@@ -1270,6 +1279,28 @@ cdef class Hub:
             if t is not None:
                 t.flushed = self._recs[i].offset
 
+    cdef _index_turn(self):
+        """Index this flush's frames by topic, for the audiences of exact topic names."""
+        cdef Py_ssize_t i
+        cdef Topic t
+        self._indexed = True
+        for i in range(self._tick_frames):
+            t = self._rec_topics[i]
+            if t is None:
+                self._untopiced.append(i)
+            else:
+                if not t._idx:
+                    self._touched.append(t)
+                t._idx.append(i)
+
+    cdef _unindex_turn(self):
+        cdef Topic t
+        for t in self._touched:
+            del t._idx[:]
+        del self._touched[:]
+        del self._untopiced[:]
+        self._indexed = False
+
     cdef _build(self, Audience a, bint deflate_full):
         """What the members of ``a`` get this flush: its frames, in publish order, in one buffer."""
         cdef Py_ssize_t i, n = self._tick_frames, count = 0
@@ -1285,12 +1316,34 @@ cdef class Hub:
             self._match = match
             self._match_cap = n
         match = self._match
+        if a.all_topics:
+            memset(match, 1, n)
+        elif not a.prefixes:  # exact names: mark the frames of its topics (no test per frame)
+            if not self._indexed:
+                self._index_turn()
+            memset(match, 0, n)
+            for i in self._untopiced:
+                match[i] = 1
+            if len(a.topics) <= len(self._touched):
+                for name in a.topics:
+                    t = self._topics.get(name)
+                    if t is not None:
+                        for i in t._idx:
+                            match[i] = 1
+            else:
+                for t in self._touched:
+                    if t.name in a.topics:
+                        for i in t._idx:
+                            match[i] = 1
+        else:
+            for i in range(n):
+                t = self._rec_topics[i]
+                match[i] = t is None or a.matches(t)
         for i in range(n):
-            t = self._rec_topics[i]
-            m = t is None or a.matches(t)
+            m = match[i]
             if m and a.envelope and self._recs[i].esize == 0:
                 m = False  # published before any envelope client was there
-            match[i] = m
+                match[i] = 0
             count += m
         a.frames = count
         a.size = 0
