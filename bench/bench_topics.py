@@ -208,13 +208,15 @@ async def server_main(args: argparse.Namespace) -> None:
             emit(event="count", count=server.connection_count)
         elif c == "run":
             m, burst = int(cmd["messages"]), int(cmd["burst"])
+            # the items exist before the clock starts: the phase measures the server, not the item factory
+            items = [make_message(seq + k) for k in range(m)]
+            seq += m
             phase = Phase(args.core)
             queued = sent = 0
             sleep = asyncio.sleep
             while sent < m:  # bounded: m messages
                 for j in range(sent, min(sent + burst, m)):
-                    item = make_message(seq)
-                    seq += 1
+                    item = items[j]
                     if mode == "none":
                         queued += broadcast(item)
                     elif mode == "one":
@@ -449,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio("c16/b16 100 topics vs one topic, 16/turn", ("c", 16), ("b", 16), 1.5)
     ratio("c16/b1  100 topics at 16/turn vs one topic at 1/turn (like for like: each client of c gets "
           f"~{16 / SPREAD_TOPICS:.2f} msg/turn, one frame per write)", ("c", 16), ("b", 1), 1.5)
-    ratio("e/b16   100 topics, 16 per topic per turn, vs one topic at 16/turn (16 frames per write in both: "
-          "the cost of choosing each client's frames)", ("e", 16 * SPREAD_TOPICS), ("b", 16), 1.5)
+    ratio("e/b16   100 topics, 16 per topic per turn, vs one topic at 16/turn (16 frames per write in both; "
+          "per-message work shared by 10 clients instead of 1000)", ("e", 16 * SPREAD_TOPICS), ("b", 16), None)
 
     if "d" in args.scenarios:
         mem = measure_memory(n)

@@ -186,6 +186,7 @@ cdef class Topic:
         unsigned long long _recv_version         # Hub._aud_version the count below is for
         Py_ssize_t _recv                         # clients of audiences that match it
         list _idx                                # its frames in this flush (Hub._index_turn)
+        Py_ssize_t _last                         # its last frame of this turn (latest-only history)
 
     def __init__(self, str name, Py_ssize_t keep):
         self.name = name
@@ -193,6 +194,7 @@ cdef class Topic:
         self.history = deque(maxlen=keep) if keep > 0 else None
         self._recv_version = <unsigned long long>-1
         self._idx = []
+        self._last = -1
         self.set_epoch(_new_epoch())
 
     cdef set_epoch(self, str epoch):
@@ -778,6 +780,7 @@ cdef class Hub:
         list _touched                               # topics with frames in this flush
         bint _firehose
         Py_ssize_t _keep                            # history entries per topic (at least the latest)
+        bint _keep_all                              # history_size > 0: every message is kept when queued
         double _ttl
         public bint shared_history                  # recovery comes from a shared history (node.py)
         public unsigned long long recovered
@@ -1010,7 +1013,10 @@ cdef class Hub:
             t.messages += 1
             r.offset = offset
             if t.history is not None:
-                self._remember(t, r)
+                if self._keep_all:
+                    self._remember(t, r)
+                else:
+                    t._last = i  # only the latest is kept: taken at the flush, once per topic
         if self._n_envelope:
             self._envelope(r, t)
         return 0
@@ -1250,6 +1256,7 @@ cdef class Hub:
         the history kept per topic (the latest message always, for ``since=latest``) and its ttl."""
         self._firehose = firehose
         self._keep = max(history_size, 1)
+        self._keep_all = history_size > 0
         self._ttl = history_ttl
 
     cdef Topic _topic(self, str name):
@@ -1278,6 +1285,9 @@ cdef class Hub:
             t = self._rec_topics[i]
             if t is not None:
                 t.flushed = self._recs[i].offset
+                if t._last == i:
+                    t._last = -1
+                    self._remember(t, &self._recs[i])
 
     cdef _index_turn(self):
         """Index this flush's frames by topic, for the audiences of exact topic names."""
