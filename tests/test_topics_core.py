@@ -171,11 +171,11 @@ async def test_history_ttl_expires_entries():
 
 
 async def test_since_latest_gives_the_current_state_first():
-    async with running_server() as server:
+    async with running_server(deliver_latest=True) as server:
         server.broadcast({"v": 1}, topic="t")
         server.broadcast({"v": 2}, topic="t")
         await asyncio.sleep(0)
-        plain = await connect(url(server) + "?topics=t&since=latest")
+        plain = await connect(url(server) + "?topics=t")  # deliver_latest: as if it asked since=latest
         assert await recv_json(plain) == {"v": 2}
         env = await connect(url(server) + "?topics=t&format=envelope&since=latest")
         sub = await recv_json(env)
@@ -329,3 +329,19 @@ async def test_audiences_of_many_names_few_names_and_prefixes_in_one_flush():
     hub.publish({"k": "next"}, "s3")  # the index of the previous flush is gone
     hub.flush()
     assert _payloads(many) == [{"k": "next"}] and _payloads(few) == [{"k": "next"}] and _payloads(prefix) == []
+
+
+async def test_without_history_or_deliver_latest_nothing_is_kept_and_names_cost_nothing():
+    async with running_server(client_subscriptions=True) as server:
+        server.broadcast({"v": 1}, topic="t")
+        await asyncio.sleep(0)
+        assert server.hub.history_after("t", 0) == []
+        env = await connect(url(server) + "?topics=t,never.published&format=envelope&since=latest")
+        got = [await recv_json(env), await recv_json(env)]
+        assert {m["topic"] for m in got} == {"t", "never.published"}
+        assert all(m["type"] == "subscribed" for m in got)
+        for i in range(50):  # a client naming topics makes the server keep nothing for them
+            await env.send(json.dumps({"subscribe": f"x{i}"}))
+            assert (await recv_json(env))["type"] == "subscribed"
+        assert server.stats()["topics"]["topics"] == 1
+        await env.close()

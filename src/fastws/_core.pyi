@@ -23,7 +23,7 @@ class Topic:
     offset: int
     flushed: int
     messages: int
-    def __init__(self, name: str, keep: int) -> None: ...
+    def __init__(self, name: str, keep: int, epoch: str) -> None: ...
 
 class Audience:
     """Clients that get the same frames (same topics, format, compression)."""

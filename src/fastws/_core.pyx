@@ -188,14 +188,14 @@ cdef class Topic:
         list _idx                                # its frames in this flush (Hub._index_turn)
         Py_ssize_t _last                         # its last frame of this turn (latest-only history)
 
-    def __init__(self, str name, Py_ssize_t keep):
+    def __init__(self, str name, Py_ssize_t keep, str epoch):
         self.name = name
         self._name_json = _envelope_encoder.encode(name)
         self.history = deque(maxlen=keep) if keep > 0 else None
         self._recv_version = <unsigned long long>-1
         self._idx = []
         self._last = -1
-        self.set_epoch(_new_epoch())
+        self.set_epoch(epoch)
 
     cdef set_epoch(self, str epoch):
         self.epoch = epoch
@@ -781,6 +781,7 @@ cdef class Hub:
         bint _firehose
         Py_ssize_t _keep                            # history entries per topic (at least the latest)
         bint _keep_all                              # history_size > 0: every message is kept when queued
+        str _epoch                                  # of this Hub's offsets (a shared history has its own)
         double _ttl
         public bint shared_history                  # recovery comes from a shared history (node.py)
         public unsigned long long recovered
@@ -802,7 +803,7 @@ cdef class Hub:
         self._topics = {}
         self._auds = {}
         self._firehose = True
-        self._keep = 1
+        self._epoch = _new_epoch()
 
     def __dealloc__(self):
         PyMem_Free(self._tick)
@@ -1253,16 +1254,25 @@ cdef class Hub:
     def configure_topics(self, bint firehose=True, Py_ssize_t history_size=0, double history_ttl=0.0,
                          bint deliver_latest=False):
         """Before clients connect: ``firehose`` (clients that chose no topic get every topic),
-        the history kept per topic (the latest message always, for ``since=latest``) and its ttl."""
+        the history kept per topic (the latest message too with ``deliver_latest``, for
+        ``since=latest``) and its ttl."""
         self._firehose = firehose
-        self._keep = max(history_size, 1)
+        self._keep = max(history_size, 1 if deliver_latest else 0)
         self._keep_all = history_size > 0
         self._ttl = history_ttl
 
     cdef Topic _topic(self, str name):
         cdef Topic t = self._topics.get(name)
         if t is None:
-            t = self._topics[name] = Topic(name, self._keep)
+            t = self._topics[name] = Topic(name, self._keep, self._epoch)
+        return t
+
+    cdef Topic _peek(self, str name):
+        """The topic, or a stand-in with offset 0 that is not kept: a client naming topics
+        (subscribing, recovering) never makes the Hub keep anything for names never published."""
+        cdef Topic t = self._topics.get(name)
+        if t is None:
+            t = Topic(name, 0, self._epoch)
         return t
 
     cdef Py_ssize_t _receivers(self, Topic t):
@@ -1492,7 +1502,8 @@ cdef class Hub:
                 self.replayed += 1
             return None
         after = since
-        ok = (client_epoch == epoch or (client_epoch is None and after == 0)) and after <= latest
+        # a client that saw nothing (offset 0) has nothing to mismatch: any epoch, or none
+        ok = (after == 0 or client_epoch == epoch) and after <= latest
         if ok and after < latest:
             ok = (len(entries) == latest - after and (<tuple>entries[0])[0] == after + 1)
         out += _control({"type": "subscribed", "topic": t.name, "epoch": epoch, "offset": latest,
@@ -1521,7 +1532,7 @@ cdef class Hub:
         want = c._want or {}
         for name in sorted(c._topics):
             if name not in want:
-                t = self._topic(name)
+                t = self._peek(name)
                 if self.shared_history and t.flushed == 0:
                     continue  # the shared history has not numbered it here yet: no epoch to give
                 out += _control({"type": "subscribed", "topic": name, "epoch": t.epoch, "offset": t.flushed})
@@ -1532,7 +1543,7 @@ cdef class Hub:
         cdef bytearray out = bytearray()
         cdef Topic t
         for name, since in c._want.items():
-            t = self._topic(name)
+            t = self._peek(name)
             self._replay(c, t, since, c._epochs.get(name), t.epoch, t.flushed,
                          self._kept(t, 0 if since is None else since), out)
         c._want = None
@@ -1543,7 +1554,7 @@ cdef class Hub:
         """Recovery from a shared history (node.py): ``entries`` are (offset, frame) after the
         offset the client asked for, oldest first; ``epoch`` and ``latest`` the history's."""
         cdef bytearray out = bytearray()
-        cdef Topic t = self._topic(topic)
+        cdef Topic t = self._peek(topic)
         since = c._want.get(topic) if c._want else None
         self._replay(c, t, since, c._epochs.get(topic) if c._epochs else None, epoch, latest,
                      [e for e in entries if e[0] <= latest], out)
@@ -1577,7 +1588,7 @@ cdef class Hub:
         the broadcasts without topic); answer with the "subscribed" envelope (and a recovery when
         ``since`` is an offset). Returns that envelope as a dict."""
         cdef bytearray out = bytearray()
-        cdef Topic t = self._topic(topic)
+        cdef Topic t = self._peek(topic)
         current = c._topics if c._topics is not None else frozenset()
         if c._index >= 0:
             self._leave(c)
@@ -1614,11 +1625,11 @@ cdef class Hub:
 
     def receivers(self, str topic):
         """The clients a broadcast on ``topic`` would be queued to now."""
-        return self._receivers(self._topic(topic))
+        return self._receivers(self._peek(topic))
 
     def topic_state(self, str topic):
         """(epoch, offset) of ``topic``: the offset of its last message written out."""
-        cdef Topic t = self._topic(topic)
+        cdef Topic t = self._peek(topic)
         return t.epoch, t.flushed
 
     def history_after(self, str topic, unsigned long long offset):
