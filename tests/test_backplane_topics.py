@@ -593,3 +593,33 @@ async def test_client_leaves_node_a_and_recovers_on_node_b_with_no_gap():
             await ws2.close()
     finally:
         await delete_topic(ch, "prices")
+
+
+@pytest.mark.broker
+async def test_offset_0_recovers_from_the_shared_history_whatever_the_epoch():
+    """As from a node's own history (docs/topics.md): a client that saw nothing has no epoch
+    to mismatch, so ``since=T:0`` with a stale epoch still gets the whole history."""
+    from websockets.asyncio.client import connect
+
+    from tests.utils import running_server
+
+    require_broker("redis")
+    ch = channel()
+    try:
+        async with running_server(backplane=REDIS, backplane_channel=ch, history_size=10) as server:
+            for i in range(3):
+                server.broadcast({"i": i}, topic="p")
+            async with asyncio.timeout(TIMEOUT):
+                while (await server.backplane.history("p", 0))[1] < 3:
+                    await asyncio.sleep(0.01)
+            epoch = (await server.backplane.history("p", 0))[0]
+            for query in ("since=p:0&epoch=stale", "since=p:0"):
+                ws = await connect(f"ws://127.0.0.1:{server.port}/?topics=p&format=envelope&{query}")
+                async with asyncio.timeout(TIMEOUT):
+                    got = [json.loads(await ws.recv()) for _ in range(4)]
+                assert got[0] == {"type": "subscribed", "topic": "p", "epoch": epoch, "offset": 3,
+                                  "recovered": True}, query
+                assert [m["data"] for m in got[1:]] == [{"i": 0}, {"i": 1}, {"i": 2}]
+                await ws.close()
+    finally:
+        await delete_topic(ch, "p")

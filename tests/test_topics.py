@@ -95,7 +95,7 @@ def test_check_epoch() -> None:
     assert check_epoch("x" * 65) is not None
     assert check_epoch("") is not None
     assert check_epoch("a:b") is not None
-    assert check_epoch(5) == "epoch int must be 1-64 characters of letters, digits, _ and -"
+    assert check_epoch(5) == "epoch must be a string of 1-64 letters, digits, _ and -, got int"
 
 
 # -- the handshake query: what is accepted --------------------------------------------------------------
@@ -422,7 +422,7 @@ def test_other_messages_are_not_subscription_messages(text: str) -> None:
     ({"subscribe": "a", "since": 2**63}, f"since must be an integer offset >= 0, got {2**63}"),
     ({"subscribe": "a", "epoch": "E"}, "epoch goes with since (the epoch of that offset)"),
     ({"subscribe": "a", "since": 1, "epoch": "E!"}, "epoch 'E!' must be 1-64 characters of letters, digits, _ and -"),
-    ({"subscribe": "a", "since": 1, "epoch": 7}, "epoch int must be 1-64 characters of letters, digits, _ and -"),
+    ({"subscribe": "a", "since": 1, "epoch": 7}, "epoch must be a string of 1-64 letters, digits, _ and -, got int"),
     ({"unsubscribe": "a", "since": 1}, "unsubscribe takes no since or epoch"),
 ])
 def test_malformed_subscription_messages(message: dict[str, object], error: str) -> None:

@@ -1600,7 +1600,7 @@ cdef class Hub:
             out += _control(answer)
         else:
             answer["recovered"] = self._replay(c, t, since, epoch, t.epoch, t.flushed, self._kept(t, since), out)
-        if c._state == S_OPEN and c._raw is not None:
+        if c._state == S_OPEN and c._raw is not None and not self._reply_skipped(c):
             c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
         return answer
 
@@ -1617,9 +1617,19 @@ cdef class Hub:
             self.send_control(c, {"type": "unsubscribed", "topic": topic})
         return True
 
+    cdef bint _reply_skipped(self, Client c):
+        """A reply to a client over its cap is not written, as its PONGs are not: a flood of
+        subscription messages from a client that never reads would grow its backlog without
+        bound under the drop policy. Counted in ``dropped`` (the subscription itself applies)."""
+        if not c._over_cap:
+            return False
+        c.dropped += 1
+        self.dropped += 1
+        return True
+
     def send_control(self, Client c, dict message):
         """Send a control envelope (``{"type": ...}``) to ``c`` alone."""
-        if c._state == S_OPEN and c._raw is not None:
+        if c._state == S_OPEN and c._raw is not None and not self._reply_skipped(c):
             frame = _control(message)
             c._raw.write_c(PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
 

@@ -104,7 +104,8 @@ async def recover_from_history(hub: Hub, client: Client, backplane: Backplane,
         hub.hold(client)
     try:
         topics = list(since)
-        reads = [backplane.history(t, since[t], epochs.get(t) if since[t] is not None else None) for t in topics]
+        # offset 0 (or the latest): the client saw nothing, so its epoch cannot mismatch (as in Hub._replay)
+        reads = [backplane.history(t, since[t], epochs.get(t) if since[t] else None) for t in topics]
         results: list[tuple[str | None, int, list[tuple[int, bytes]]] | BaseException]
         try:
             async with asyncio.timeout(timeout):

@@ -386,10 +386,10 @@ class LocalNode:
         assert hub is not None
         c = self.config
         error: tuple[str, str] | None = None
-        if isinstance(request, str):
-            error = ("subscription_invalid", request)
-        elif not c.client_subscriptions:
+        if not c.client_subscriptions:  # first: a malformed request would not be taken either
             error = ("client_subscriptions_off", "this server takes topics only in the URL (?topics=...)")
+        elif isinstance(request, str):
+            error = ("subscription_invalid", request)
         elif (why := check_topic(request.topic, c.max_topic_length)) is not None:
             error = ("topic_invalid", why)
         elif request.action == "subscribe":

@@ -146,9 +146,10 @@ def check_pattern(pattern: object, max_len: int = 1024) -> str | None:
 
 def check_epoch(epoch: object) -> str | None:
     """Why ``epoch`` is not an epoch (1..64 of ``[A-Za-z0-9_-]``), or ``None``."""
-    if not isinstance(epoch, str) or not _EPOCH_RE.fullmatch(epoch):
-        shown = _quote(epoch) if isinstance(epoch, str) else type(epoch).__name__
-        return f"epoch {shown} must be 1-64 characters of letters, digits, _ and -"
+    if not isinstance(epoch, str):
+        return f"epoch must be a string of 1-64 letters, digits, _ and -, got {type(epoch).__name__}"
+    if not _EPOCH_RE.fullmatch(epoch):
+        return f"epoch {_quote(epoch)} must be 1-64 characters of letters, digits, _ and -"
     return None
 
 
