@@ -170,3 +170,18 @@ async def test_a_refused_handshake_of_any_shape_is_counted_and_named() -> None:
                     await ws.close()
             assert reason.encode() in (info.value.response.body or b""), query
             assert server.stats()["rejected"][reason] == before + 1, query
+
+
+async def test_broadcast_to_a_topic_no_client_could_name_is_an_error_naming_it() -> None:
+    """A topic no client can subscribe to (``a b``, ``*``, empty, too long) would still reach the
+    firehose clients, under a name they could never ask for: refused, naming the problem."""
+    async with running_server(max_topic_length=8) as server:
+        for bad, why in [("a b", "' '"), ("*", "'*'"), ("", "empty"), ("x" * 9, "longer than 8")]:
+            with pytest.raises(ValueError, match=why):
+                server.broadcast("x", topic=bad)
+            with pytest.raises(ValueError, match=why):
+                server.broadcast_many(["x"], topics=[bad])
+            with pytest.raises(ValueError, match=why):
+                server.broadcast_many(["x"], topic=bad)
+        assert server.stats()["messages"] == 0
+        assert server.broadcast("x", topic="ok:1/a@b") == 0

@@ -29,7 +29,7 @@ from .exceptions import ConfigError, EncodeError, ServerError
 from .fanout import FanOut, Publisher, Relay
 from .http_types import HandshakeCheck, HTTPResponse, Refusal, Route
 from .node import ConnectionLimit, LocalNode
-from .topics import REFUSAL_REASONS
+from .topics import REFUSAL_REASONS, check_topic
 from .workers import ConnectionSlots, LogSetup, WorkerPool, resolve_workers, worker_main
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -227,16 +227,24 @@ class Server:
         Serialized once (``str`` verbatim, anything else as JSON); everything
         broadcast in this loop turn is written to each client in one write.
         Raises :class:`fastws.EncodeError` (and counts it) for an item that cannot
-        be serialized.
+        be serialized, ``ValueError`` for a topic that is not a valid name
+        (``check_topic``: no client could subscribe to it).
 
         With ``workers`` the count is the clients connected over all workers; with a
         ``backplane`` it counts this node's clients only (docs/reference.md).
         """
         if topic is None:
             return self._publish(item)
+        self._check_topic(topic)
+        return self._publish(item, topic)
+
+    def _check_topic(self, topic: object) -> None:
+        """A topic no client could subscribe to is refused (it would reach firehose clients only)."""
         if type(topic) is not str:
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
-        return self._publish(item, topic)
+        why = check_topic(topic, self.config.max_topic_length)
+        if why is not None:
+            raise ValueError(why)
 
     def broadcast_many(self, items: Iterable[Item], topic: str | None = None, *,
                        topics: Iterable[str | None] | None = None) -> list[int | EncodeError]:
@@ -257,10 +265,12 @@ class Server:
         if topics is not None and topic is not None:
             raise TypeError("give topic (one for all items) or topics (one per item), not both")
         per_item = iter(topics) if topics is not None else None
+        if topic is not None:
+            self._check_topic(topic)
         for item in items:
             t = next(per_item, None) if per_item is not None else topic
-            if t is not None and type(t) is not str:
-                raise TypeError(f"topic must be a str, not {type(t).__name__}")
+            if per_item is not None and t is not None:
+                self._check_topic(t)
             try:
                 out.append(publish(item, t))
             except EncodeError as exc:
