@@ -623,3 +623,40 @@ async def test_offset_0_recovers_from_the_shared_history_whatever_the_epoch():
                 await ws.close()
     finally:
         await delete_topic(ch, "p")
+
+
+@pytest.mark.broker
+async def test_a_subscribe_message_with_since_recovers_from_the_shared_history_on_another_node():
+    from websockets.asyncio.client import connect
+
+    from tests.utils import running_server
+
+    require_broker("redis")
+    ch = channel()
+    settings = {"backplane": REDIS, "backplane_channel": ch, "history_size": 100, "client_subscriptions": True}
+
+    async def recv(ws) -> dict:
+        async with asyncio.timeout(TIMEOUT):
+            return json.loads(await ws.recv())
+
+    try:
+        async with running_server(**settings) as a:
+            for i in range(3):
+                a.broadcast({"i": i}, topic="p")
+            async with asyncio.timeout(TIMEOUT):
+                while (await a.backplane.history("p", 0))[1] < 3:
+                    await asyncio.sleep(0.01)
+            epoch = (await a.backplane.history("p", 0))[0]
+            async with running_server(**settings) as b:  # node B never relayed p
+                ws = await connect(f"ws://127.0.0.1:{b.port}/?format=envelope")
+                await ws.send(json.dumps({"subscribe": "p", "since": 1, "epoch": epoch}))
+                first = await recv(ws)
+                assert first == {"type": "subscribed", "topic": "p", "epoch": epoch, "offset": 3, "recovered": True}
+                got = [await recv(ws), await recv(ws)]
+                assert [(m["offset"], m["data"]) for m in got] == [(2, {"i": 1}), (3, {"i": 2})]
+                a.broadcast({"i": 3}, topic="p")  # live, through Redis to node B
+                live = await recv(ws)
+                assert (live["offset"], live["epoch"]) == (4, epoch)
+                await ws.close()
+    finally:
+        await delete_topic(ch, "p")

@@ -1583,10 +1583,11 @@ cdef class Hub:
         if out and c._state == S_OPEN:
             c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
 
-    def subscribe(self, Client c, str topic, since=None, str epoch=None):
+    def subscribe(self, Client c, str topic, since=None, str epoch=None, bint answer_now=True):
         """Add ``topic`` to what ``c`` gets (a client that had chosen none then gets only it and
         the broadcasts without topic); answer with the "subscribed" envelope (and a recovery when
-        ``since`` is an offset). Returns that envelope as a dict."""
+        ``since`` is an offset). Returns that envelope as a dict. ``answer_now`` False: no answer
+        (a recovery from a shared history answers, node.py)."""
         cdef bytearray out = bytearray()
         cdef Topic t = self._peek(topic)
         current = c._topics if c._topics is not None else frozenset()
@@ -1596,6 +1597,8 @@ cdef class Hub:
         if c._index >= 0:
             self._join(c)
         answer = {"type": "subscribed", "topic": topic, "epoch": t.epoch, "offset": t.flushed}
+        if not answer_now:
+            return answer
         if since is None:
             out += _control(answer)
         else:

@@ -399,6 +399,17 @@ class LocalNode:
                     and len(client.topics) >= c.max_topics_per_client:
                 error = ("too_many_topics", f"at most {c.max_topics_per_client} topics per connection "
                                             "(max_topics_per_client)")
+            elif request.since is not None and self.history_backplane is not None:
+                # recover from the shared (Redis) history, as ?since= does at connect
+                if client.pending_recovery is not None:
+                    error = ("recovery_in_progress", "wait for the answer of the previous subscribe with since")
+                else:
+                    hub.subscribe(client, request.topic, answer_now=False)
+                    since = {request.topic: request.since}
+                    epochs = {request.topic: request.epoch} if request.epoch is not None else {}
+                    client.want_recovery(since, epochs)
+                    start_recovery(hub, client, self.history_backplane, since, epochs)
+                    return
             else:
                 hub.subscribe(client, request.topic, request.since, request.epoch)
                 return
