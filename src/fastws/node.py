@@ -405,7 +405,7 @@ class LocalNode:
                     error = ("recovery_in_progress", "wait for the answer of the previous subscribe with since")
                 else:
                     hub.subscribe(client, request.topic, answer_now=False)
-                    since = {request.topic: request.since}
+                    since: dict[str, int | None] = {request.topic: request.since}
                     epochs = {request.topic: request.epoch} if request.epoch is not None else {}
                     client.want_recovery(since, epochs)
                     start_recovery(hub, client, self.history_backplane, since, epochs)
