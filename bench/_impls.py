@@ -3,6 +3,8 @@
 Each one listens on 127.0.0.1, port 0, and broadcasts one item to every client:
 
 * ``fastws``: ``fastws.Server``; gets the dict and serializes it itself.
+* ``fastws-aiofastnet``: ``fastws.Server`` with ``transport="aiofastnet"`` (the transports
+  fastws used before the memory budget of issue 13; ``fastws`` runs with the default, ``auto``).
 * ``fastws-component``: ``fastws.WebSocketComponent``, each item through
   ``await component.process_item(item)`` as a user of the original component drives it.
 * ``websockets``: ``websockets.asyncio.server.serve`` + ``broadcast(conns, msg, text=True)``.
@@ -62,11 +64,16 @@ class Impl:
 
 
 class FastwsImpl(Impl):
+    #: the ``transport`` config key (None: the default)
+    transport: str | None = None
+
     async def start(self) -> None:
         import fastws  # noqa: PLC0415
 
         a = self.args
         kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "max_connections": a.max_connections}
+        if self.transport is not None:
+            kwargs["transport"] = self.transport
         if self.fanout:
             kwargs["heartbeat_interval"] = a.fastws_heartbeat
         if a.workers > 1:
@@ -97,6 +104,10 @@ class FastwsImpl(Impl):
     def stats(self) -> dict[str, int]:
         s = self.server.stats()
         return {"flushes": s.get("flushes", 0), "deliveries": s.get("deliveries", 0)}
+
+
+class FastwsAiofastnetImpl(FastwsImpl):
+    transport = "aiofastnet"
 
 
 class FastwsComponentImpl(FastwsImpl):
@@ -251,6 +262,7 @@ class SocketifyImpl(Impl):
 IMPLS: dict[str, type[Impl]] = {
     "fastws": FastwsImpl,
     "fastws-component": FastwsComponentImpl,
+    "fastws-aiofastnet": FastwsAiofastnetImpl,
     "websockets": WebsocketsImpl,
     "picows": PicowsImpl,
     "socketify": SocketifyImpl,

@@ -23,7 +23,7 @@ from bench._util import fastws_status
 
 IMPLS = ("fastws", "websockets", "picows", "bun", "socketify")
 #: Also runnable on request (``--impl fastws,fastws-component``), not by default.
-EXTRA_IMPLS = ("fastws-component",)
+EXTRA_IMPLS = ("fastws-component", "fastws-aiofastnet")
 #: Implementations the CPU ratios are taken against, when they ran.
 REFERENCES = ("websockets", "picows", "bun")
 BUN_SERVER = "bench/bun_server.js"
@@ -48,7 +48,7 @@ def _run(argv: list[str]) -> str | None:
 
 def missing(impl: str, args: argparse.Namespace) -> str | None:
     """Why ``impl`` cannot run here, or None if it can."""
-    if impl in ("fastws", "fastws-component"):
+    if impl in ("fastws", "fastws-component", "fastws-aiofastnet"):
         st = fastws_status()
         return None if st == "ok" else st
     if impl == "bun":

@@ -87,6 +87,7 @@ class Hub:
     deflater: Deflater | None  # permessage-deflate
     # topics (issue 15)
     shared_history: bool
+    idle_read_buffer: int  # picows' read buffer of a new connection is cut to this (+256); 0: not cut
     recovered: int
     not_recovered: int
     replayed: int

@@ -2,7 +2,9 @@
 #
 # Encode each item once (msgspec), frame it once, append the frame to a tick
 # buffer, and write that one buffer to every connected client once per loop
-# turn, through aiofastnet's C-level ``Transport.write_c`` (a direct send(2)).
+# turn, through aiofastnet's C-level ``Transport.write_c`` (a direct send(2)), or,
+# on the event loop's own transports (``transport: loop``), through picows'
+# ``WSTransport._fast_write`` (a direct send(2) too; what cannot go now is copied).
 #
 # Python sees three names: ``Hub``, ``Client`` and ``encode_frame``. Test and
 # benchmark transports live in ``fastws._testing``, never imported from here.
@@ -21,6 +23,7 @@ from picows.picows cimport MemoryBuffer, WSCloseCode, WSCloseHandshake, WSFrame,
 
 import logging
 import os
+from gc import get_referents as _gc_referents
 from collections import deque
 
 import msgspec
@@ -258,6 +261,41 @@ cdef class Audience:
         return 0
 
 
+cdef Py_ssize_t IDLE_READ_BUFFER = 512
+
+
+cdef _shrink_read_buffer(tr, Py_ssize_t size):
+    """Cut picows' read buffer (2048 bytes at least when created) to ``size`` (+256 bytes
+    that picows keeps past the end for its SIMD unmasking), when what it holds fits.
+
+    picows grows the buffer by itself: after each read, when less than 256 bytes (or
+    10 %) are left, it doubles it (``WSProtocol._maybe_grow_read_buffer``), and every
+    read asks ``get_buffer()`` for the current pointer. The buffer is a cdef field of
+    ``WSProtocol`` (not in picows.pxd): it is found among the protocol's references,
+    and ``get_buffer()`` tells where its unread data ends (a frame that came with the
+    upgrade request is still there when ``on_ws_connected`` runs).
+    """
+    get_protocol = getattr(tr, "get_protocol", None)
+    proto = get_protocol() if get_protocol is not None else None
+    if proto is None:
+        return
+    cdef MemoryBuffer rb = None
+    for o in _gc_referents(proto):
+        if type(o) is MemoryBuffer:
+            rb = <MemoryBuffer>o
+            break
+    if rb is None or rb.size <= size:
+        return
+    cdef Py_ssize_t free = len(proto.get_buffer(-1))
+    if rb.size - free > size // 2:
+        return  # data waiting to be parsed: leave the buffer as it is
+    cdef char* data = <char*>PyMem_Realloc(rb.data, size + 256)
+    if data != NULL:
+        rb.data = data
+        rb.capacity = size + 256
+        rb.size = size
+
+
 cdef bytes _frame_of(const char* payload, Py_ssize_t n, uint8_t opcode):
     cdef uint8_t header[10]
     cdef Py_ssize_t h = _write_header(header, opcode, n)
@@ -296,7 +334,8 @@ cdef class Client(WSListener):
 
     cdef:
         readonly WSTransport transport
-        Transport _raw
+        Transport _raw                 # aiofastnet's transport (write_c); None on the loop's own transports
+        object _tr                     # the transport under picows (either kind)
         Hub _hub
         Py_ssize_t _index              # position in Hub._clients, -1 when not listed
         int _state
@@ -339,15 +378,35 @@ cdef class Client(WSListener):
         self._index = -1
         self._state = S_OPEN
 
+    cdef inline int _write(self, const char* p, Py_ssize_t n) except -1:
+        """Write ``n`` bytes now (what the socket does not take is copied and queued)."""
+        if self._raw is not None:
+            self._raw.write_c(<char*>p, n)
+        elif not self._tr.is_closing():
+            # picows' send(2) on its cached fd: never once the loop's transport is closing,
+            # since its fd may be closed (and reused by a new connection) before
+            # connection_lost reaches us
+            self.transport._fast_write(<char*>p, n)
+        return 0
+
+    cdef _send_frame(self, const char* p, Py_ssize_t n, uint8_t opcode):
+        """One unmasked frame to this client alone, through ``_write``: the loop's own
+        transports keep a reference to what they queue, so picows' ``send`` of more than
+        8192 bytes (a view of its reused write buffer) is not safe there."""
+        cdef bytes frame = _frame_of(p, n, opcode)
+        self._write(PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
+
     # -- picows callbacks ----------------------------------------------------------
 
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
-        self._raw = <Transport?>transport.underlying_transport
+        tr = self._tr = transport.underlying_transport
+        if isinstance(tr, Transport):
+            self._raw = <Transport>tr
         self.connected_at = self.last_seen = _now()
         self._tokens = self._hub.msg_burst
         self._tokens_at = self.connected_at
-        self.remote = self._raw.get_extra_info("peername")
+        self.remote = tr.get_extra_info("peername")
         # The handshake request and response are not needed any more: release them,
         # and shrink picows' per-connection write buffer (used here only for control
         # frames; broadcasts go straight to the transport). About 3 KiB per client.
@@ -359,6 +418,8 @@ cdef class Client(WSListener):
             wb.data = data
             wb.capacity = 128
             wb.size = 0
+        if self._hub.idle_read_buffer > 0:
+            _shrink_read_buffer(tr, self._hub.idle_read_buffer)
         self._hub._on_connected(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
@@ -615,9 +676,20 @@ cdef class Client(WSListener):
         data = message.encode() if isinstance(message, str) else message
         if d is None or len(data) < d.min_size:
             return False
-        self.transport.send(WSMsgType.TEXT if isinstance(message, str) else WSMsgType.BINARY,
-                            d.compress_message(data, self._wbits), True, True)
+        self._send_payload(d.compress_message(data, self._wbits), 0x41 if isinstance(message, str) else 0x42)
         return True
+
+    cdef _send_payload(self, payload, uint8_t opcode):
+        """``payload`` (bytes-like) as one frame (``opcode`` with RSV1 0x40 when compressed)."""
+        cdef const unsigned char[::1] view
+        if isinstance(payload, bytes):
+            self._send_frame(PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), opcode)
+            return
+        view = memoryview(payload).cast("B")
+        if view.shape[0] == 0:
+            self._send_frame(b"", 0, opcode)
+        else:
+            self._send_frame(<const char*>&view[0], view.shape[0], opcode)
 
     # -- topics (issue 15) ------------------------------------------------------------
 
@@ -677,17 +749,22 @@ cdef class Client(WSListener):
             return
         if self._deflate and self._send_deflate(message):
             return  # permessage-deflate
+        # framed here and written as one piece: picows' send() would grow its write buffer
+        # for good, and (over 8192 bytes) hand the loop's transports a view of that buffer
+        cdef Py_ssize_t n
+        cdef const char* p
         if isinstance(message, str):
-            self.transport.send(WSMsgType.TEXT, message)
+            p = PyUnicode_AsUTF8AndSize(message, &n)
+            self._send_frame(p, n, 0x1)
         else:
-            self.transport.send(WSMsgType.BINARY, message)
+            self._send_payload(message, 0x2)
 
     @property
     def is_open(self):
         return self._state == S_OPEN
 
     def write_buffer_size(self):
-        return self._raw.get_write_buffer_size() if self._raw is not None else 0
+        return self._tr.get_write_buffer_size() if self._tr is not None else 0
 
 
 @cython.final
@@ -784,6 +861,9 @@ cdef class Hub:
         str _epoch                                  # of this Hub's offsets (a shared history has its own)
         double _ttl
         public bint shared_history                  # recovery comes from a shared history (node.py)
+        # picows' read buffer of a new connection is cut to this many bytes (+256 of slack) once
+        # it is open (0: left at picows' 2048); it grows again by itself for larger frames
+        public Py_ssize_t idle_read_buffer
         public unsigned long long recovered
         public unsigned long long not_recovered
         public unsigned long long replayed
@@ -804,6 +884,7 @@ cdef class Hub:
         self._auds = {}
         self._firehose = True
         self._epoch = _new_epoch()
+        self.idle_read_buffer = IDLE_READ_BUFFER
 
     def __dealloc__(self):
         PyMem_Free(self._tick)
@@ -846,7 +927,7 @@ cdef class Hub:
             c._shut(R_POLICY, 1008, b"Max connections reached", DISCONNECT)
             return
         # A backlog above the cap fires pause_writing(); below a quarter of it, resume_writing().
-        c._raw.set_write_buffer_limits(self.max_queued_bytes, self.max_queued_bytes // 4)
+        c._tr.set_write_buffer_limits(self.max_queued_bytes, self.max_queued_bytes // 4)
         c._index = len(self._clients)
         self._clients.append(c)
         if c._deflate and self.deflater is not None:
@@ -932,10 +1013,10 @@ cdef class Hub:
                     c._dropping = True
                     self._n_dropping += 1
                     _logger.warning("client %s is not reading (%d bytes queued): dropping its messages until it catches up",
-                                    c.remote, c._raw.get_write_buffer_size())
+                                    c.remote, c._tr.get_write_buffer_size())
             else:
                 _logger.warning("client %s is not reading (%d bytes queued): disconnecting it",
-                                c.remote, c._raw.get_write_buffer_size())
+                                c.remote, c._tr.get_write_buffer_size())
                 self.slow_disconnects += 1
                 n += 1
                 c._shut(R_SLOW_CLIENT, 0, None, DROP_NOW)
@@ -1199,10 +1280,10 @@ cdef class Hub:
                         self.dropped += frames
                         continue
                     if c._deflate and dsize:
-                        c._raw.write_c(dptr, dsize)
+                        c._write(dptr, dsize)
                         nbytes += dsize
                     else:
-                        c._raw.write_c(ptr, size)
+                        c._write(ptr, size)
                         nbytes += size
                     delivered += frames
                     sent += 1
@@ -1219,7 +1300,7 @@ cdef class Hub:
                     c._episode_dropped += a.frames
                     self.dropped += a.frames
                     continue
-                c._raw.write_c(a.ptr, a.size)
+                c._write(a.ptr, a.size)
                 nbytes += a.size
                 delivered += a.frames
                 sent += 1
@@ -1537,7 +1618,7 @@ cdef class Hub:
                     continue  # the shared history has not numbered it here yet: no epoch to give
                 out += _control({"type": "subscribed", "topic": name, "epoch": t.epoch, "offset": t.flushed})
         if out:
-            c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
+            c._write(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
 
     cdef _recover_local(self, Client c):
         cdef bytearray out = bytearray()
@@ -1548,7 +1629,7 @@ cdef class Hub:
                          self._kept(t, 0 if since is None else since), out)
         c._want = None
         if out and c._state == S_OPEN:
-            c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
+            c._write(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
 
     def recover(self, Client c, str topic, str epoch, unsigned long long latest, list entries):
         """Recovery from a shared history (node.py): ``entries`` are (offset, frame) after the
@@ -1562,7 +1643,7 @@ cdef class Hub:
             c._replayed = {}
         c._replayed[topic] = latest
         if out and c._state == S_OPEN:
-            c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
+            c._write(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
 
     def hold(self, Client c):
         """Keep the frames for ``c`` instead of writing them, until ``release``."""
@@ -1581,7 +1662,7 @@ cdef class Hub:
             if topic is None or offset > replayed.get(topic, 0):
                 out += frame
         if out and c._state == S_OPEN:
-            c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
+            c._write(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
 
     def subscribe(self, Client c, str topic, since=None, str epoch=None, bint answer_now=True):
         """Add ``topic`` to what ``c`` gets (a client that had chosen none then gets only it and
@@ -1603,8 +1684,8 @@ cdef class Hub:
             out += _control(answer)
         else:
             answer["recovered"] = self._replay(c, t, since, epoch, t.epoch, t.flushed, self._kept(t, since), out)
-        if c._state == S_OPEN and c._raw is not None and not self._reply_skipped(c):
-            c._raw.write_c(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
+        if c._state == S_OPEN and c._tr is not None and not self._reply_skipped(c):
+            c._write(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
         return answer
 
     def unsubscribe(self, Client c, str topic):
@@ -1616,7 +1697,7 @@ cdef class Hub:
         c._topics = c._topics - {topic}
         if c._index >= 0:
             self._join(c)
-        if c._state == S_OPEN and c._raw is not None:
+        if c._state == S_OPEN and c._tr is not None:
             self.send_control(c, {"type": "unsubscribed", "topic": topic})
         return True
 
@@ -1632,9 +1713,9 @@ cdef class Hub:
 
     def send_control(self, Client c, dict message):
         """Send a control envelope (``{"type": ...}``) to ``c`` alone."""
-        if c._state == S_OPEN and c._raw is not None and not self._reply_skipped(c):
+        if c._state == S_OPEN and c._tr is not None and not self._reply_skipped(c):
             frame = _control(message)
-            c._raw.write_c(PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
+            c._write(PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
 
     def receivers(self, str topic):
         """The clients a broadcast on ``topic`` would be queued to now."""
@@ -1701,7 +1782,7 @@ cdef class Hub:
                 if c._frag_open and now - c._frag_at > self.fragment_timeout:
                     c._fragment_expired(now)
                     continue
-                c._raw.write_c(p, 2)
+                c._write(p, 2)
         return now
 
     def reap(self, double since):

@@ -8,7 +8,7 @@
 from aiofastnet.transport cimport Transport
 from aiofastnet.utils cimport NoResult
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from picows.picows cimport WSTransport
+from picows.picows cimport MemoryBuffer, WSTransport
 
 import logging
 
@@ -169,3 +169,8 @@ def connect_many(hub, transports, setup=None):
             setup(c)
         c.on_ws_connected(w)
     return clients
+
+
+def memory_buffer_capacity(buf):
+    """The malloc'd capacity of a picows ``MemoryBuffer`` (bench/memory_budget.py)."""
+    return (<MemoryBuffer?>buf).capacity

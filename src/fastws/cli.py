@@ -81,6 +81,7 @@ HELP = {
     "slow_client_policy": "what happens to a client over --max-queued-bytes",
     "max_message_size": "largest message a client may send, in bytes; also the longest stdin line broadcast",
     "handshake_timeout": "seconds a new connection has to complete the upgrade",
+    "transport": "sockets through the event loop's transports (loop, 4 KiB less per client) or aiofastnet's; auto: loop without TLS",
     "ssl.certfile": "PEM certificate chain: serve wss:// (with --keyfile)",
     "ssl.keyfile": "PEM private key (default: the key is in --certfile)",
     "auth.tokens": "accept this bearer token (repeatable; also $FASTWS_AUTH_TOKENS, comma-separated)",

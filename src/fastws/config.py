@@ -112,6 +112,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     slow_client_policy: Literal["disconnect", "drop"] = "disconnect"
     max_message_size: int = 1 * MiB
     handshake_timeout: float = 5.0
+    #: The transports under picows: ``loop`` the event loop's own (uvloop's), ``aiofastnet``
+    #: aiofastnet's; ``auto``: ``loop`` for plain TCP, ``aiofastnet`` with TLS (docs/reference.md).
+    transport: Literal["auto", "loop", "aiofastnet"] = "auto"
     # hardening (docs/reference.md)
     ssl: SSLConfig | None = None
     auth: AuthConfig | None = None
@@ -461,6 +464,7 @@ SERVER_KEY_DOCS: dict[str, tuple[str, object]] = {
     "slow_client_policy": ("'disconnect' or 'drop' a client over max_queued_bytes", "drop"),
     "max_message_size": ("largest message a client may send (bytes); larger: 1009", 65536),
     "handshake_timeout": ("seconds a connection has to complete the upgrade", 5),
+    "transport": ("transports under picows: auto, loop (uvloop's) or aiofastnet", "aiofastnet"),
     "ssl": ("serve wss:// with this certificate (certfile, keyfile, password)", {"certfile": "cert.pem"}),
     "auth": ("who may connect: tokens, jwt_secret, allowed_origins", {"tokens": ["s3cret"]}),
     "max_messages_per_second": ("per-client inbound message rate; over it: 1008", 20),

@@ -110,6 +110,17 @@ class _TLSOptions(TypedDict, total=False):
     ssl_handshake_timeout: float
 
 
+def use_aiofastnet(transport: str, tls: bool) -> bool:
+    """Whether picows runs on aiofastnet's transports (``transport`` config key).
+
+    ``loop`` (the event loop's own transports, uvloop's when uvloop runs) holds about 4 KiB
+    less per connection: aiofastnet's transport object carries a 4 KiB ``iovec`` array
+    (bench/README.md, "Memory budget"). TLS always runs on aiofastnet, whose server fastws'
+    TLS handshake deadline (``fastws.tls``) watches.
+    """
+    return tls or transport == "aiofastnet"
+
+
 class LocalNode:
     """Accept WebSocket clients on ``config.host:config.port`` and fan frames out to them."""
 
@@ -198,6 +209,7 @@ class LocalNode:
                 enable_auto_pong=False,
                 enable_auto_ping=False,
                 logger_name=self._picows_log,
+                use_aiofastnet=use_aiofastnet(c.transport, context is not None),
                 **tls,
             )
         except OSError as exc:
