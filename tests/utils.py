@@ -186,13 +186,13 @@ async def spawn_serve(*args: str, startup_timeout: float = TIMEOUT * 2) -> tuple
         raise
 
 
-async def until_received(write_line: Any, ws: Any, tag: str) -> None:
+async def until_received(write_line: Any, ws: Any, tag: str, timeout: float = TIMEOUT) -> None:
     """Write the line ``tag`` (``await write_line(tag)``) until ``ws`` receives it.
 
     A server cannot tell a client when it has been registered; the first broadcast that
-    arrives proves it (bounded by TIMEOUT).
+    arrives proves it (bounded by ``timeout``).
     """
-    async with asyncio.timeout(TIMEOUT):
+    async with asyncio.timeout(timeout):
         while True:
             await write_line(tag)
             try:

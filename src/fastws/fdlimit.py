@@ -79,7 +79,7 @@ def check_fd_limit(max_connections: int, *, warn: bool = True) -> int | None:
     if warn and max_connections > allowed:
         logger.warning(
             "max_connections is %d but the open-file limit (RLIMIT_NOFILE %d, hard limit %d) allows about %d "
-            "connections per process; past it new connections wait in the backlog. Raise the limit "
+            "connections per process; past it new connections are refused. Raise the limit "
             "(ulimit -n, systemd LimitNOFILE=, docker --ulimit nofile=) or lower max_connections",
             max_connections, soft, limits[1], allowed)
     return allowed

@@ -10,7 +10,9 @@ one heartbeat timer for every connection.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import socket
 import ssl
 import time
@@ -151,6 +153,9 @@ class LocalNode:
         self._empty = asyncio.Event()
         self._empty.set()
         self._max_conn_logged_at = -1e9
+        self._fd_probe: asyncio.TimerHandle | None = None
+        self._fd_logged_at = -1e9
+        self.fd_limit_reached = 0  # seconds in which the open-file limit was found exhausted
         self.connections_total = 0
         self.disconnect_count = 0
         self.heartbeat_timeouts = 0
@@ -225,6 +230,8 @@ class LocalNode:
             watch_handshakes(self._server, c.handshake_timeout, tls_timeout)
         self.hub = hub
         self._schedule_ping()
+        if not use_aiofastnet(c.transport, context is not None):
+            self._fd_probe = loop.call_later(1.0, self._probe_fds)
         logger.info("fastws listening on %s:%d", c.host, self.port)
 
     async def stop(self, code: int = 1001, reason: str = "server shutting down") -> None:
@@ -236,6 +243,9 @@ class LocalNode:
         if self._ping_handle is not None:
             self._ping_handle.cancel()
             self._ping_handle = None
+        if self._fd_probe is not None:
+            self._fd_probe.cancel()
+            self._fd_probe = None
         for h in self._reap_handles:
             h.cancel()
         self._reap_handles.clear()
@@ -311,6 +321,7 @@ class LocalNode:
             rejected=dict(self.rejected),
             heartbeat_timeouts=self.heartbeat_timeouts,
             handshake_timeouts=self.handshake_timeouts,
+            fd_limit_reached=self.fd_limit_reached,
             disconnects=self.disconnect_count,
         )
         if self.hub is not None and self.hub.deflater is not None:
@@ -441,6 +452,33 @@ class LocalNode:
         cb = self._callbacks.on_connect
         if cb is not None:
             cb(client)
+
+    def _probe_fds(self) -> None:
+        """Once a second, on the loop's own transports: are file descriptors exhausted?
+
+        Past the open-file limit, libuv's listener accepts each new connection and closes it
+        at once (its EMFILE trick): nothing reaches fastws. A ``dup`` that fails with EMFILE
+        says so; it is logged (once in 10 s) and counted in ``stats()["fd_limit_reached"]``.
+        (aiofastnet's listener is watched by ``fastws.fdlimit.ListeningSocket`` instead.)
+        """
+        assert self._loop is not None
+        if self._server is None:
+            return
+        self._fd_probe = self._loop.call_later(1.0, self._probe_fds)
+        try:
+            os.close(os.dup(self._server.sockets[0].fileno()))
+        except (OSError, IndexError) as exc:
+            if not isinstance(exc, OSError):
+                return
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                return
+            self.fd_limit_reached += 1
+            now = time.monotonic()
+            if now - self._fd_logged_at >= 10.0:
+                self._fd_logged_at = now
+                logger.warning("out of file descriptors (%d clients connected): new connections are closed as they "
+                               "arrive until some close. Raise the open-file limit (ulimit -n, systemd "
+                               "LimitNOFILE=, docker --ulimit nofile=)", len(self.hub or ()))
 
     def _client_disconnected(self, client: Client) -> None:
         self.disconnect_count += 1

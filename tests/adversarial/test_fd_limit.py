@@ -106,9 +106,10 @@ async def test_soft_limit_is_raised_to_the_hard_limit_and_a_too_large_max_connec
 
 
 @pytest.mark.slow
-async def test_past_the_fd_limit_no_spin_no_traceback_flood_and_service_resumes():
+@pytest.mark.parametrize("transport", ["loop", "aiofastnet"])
+async def test_past_the_fd_limit_no_spin_no_traceback_flood_and_service_resumes(transport):
     limit = 200
-    async with Serve(limit, limit, "--max-connections", "5000") as serve:
+    async with Serve(limit, limit, "--max-connections", "5000", "--transport", transport) as serve:
         loop = asyncio.get_running_loop()
         flood: list[socket.socket] = []
         try:
@@ -129,7 +130,10 @@ async def test_past_the_fd_limit_no_spin_no_traceback_flood_and_service_resumes(
             assert cpu < 0.25, f"the server used {cpu:.0%} of a CPU while out of descriptors"
             assert logged < 20_000, f"{logged} bytes of log in 3 s:\n{serve.err[-3000:].decode(errors='replace')}"
             assert b"has no attribute 'remove_reader'" not in serve.err
-            assert b"accept() failed: out of file descriptors" in serve.err
+            if transport == "aiofastnet":  # its listener leaves them in the backlog (fastws.fdlimit)
+                assert b"accept() failed: out of file descriptors" in serve.err
+            else:  # libuv's listener closes them as they come: the node's once-a-second probe says so
+                assert b"out of file descriptors (" in serve.err, serve.err[-2000:]
         finally:
             for s in flood:
                 s.close()
@@ -142,7 +146,9 @@ async def test_past_the_fd_limit_no_spin_no_traceback_flood_and_service_resumes(
                 except (OSError, TimeoutError):
                     await asyncio.sleep(0.2)
         async with ws:
-            await until_received(serve.write_line, ws, "served again")
+            # the dead connections of the flood still in the backlog are accepted and dropped
+            # first (each within handshake_timeout): allow for that on a loaded machine
+            await until_received(serve.write_line, ws, "served again", timeout=TIMEOUT * 3)
         assert loop.is_running()
 
 
