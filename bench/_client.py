@@ -229,6 +229,7 @@ class LoadClient:
             p50_us=percentile(lat_us, 50),
             p90_us=percentile(lat_us, 90),
             p99_us=percentile(lat_us, 99),
+            p999_us=percentile(lat_us, 99.9),
             max_us=max(lat_us) if lat_us else None,
             client_cpu_s=(ru1.ru_utime - self.ru0.ru_utime) + (ru1.ru_stime - self.ru0.ru_stime),
         )

@@ -7,7 +7,7 @@ from typing import Any
 from bench._peers import REFERENCES
 from bench._util import markdown_table, median
 
-MEDIAN_KEYS = ("rate", "cpu_us", "user_us", "sys_us", "core_us", "p50_us", "p99_us", "client_cpu_us")
+MEDIAN_KEYS = ("rate", "cpu_us", "user_us", "sys_us", "core_us", "p50_us", "p99_us", "p999_us", "client_cpu_us")
 
 
 def fmt(v: float | None, spec: str) -> str:
@@ -64,11 +64,12 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         *(f"CPU ×{ref}" for ref in refs),
         "p50 ms",
         "p99 ms",
+        "p99.9 ms",
         "reps",
     ]
     out = []
     for r in rows:
-        p50, p99 = r["median_p50_us"], r["median_p99_us"]
+        p50, p99, p999 = r["median_p50_us"], r["median_p99_us"], r.get("median_p999_us")
         out.append(
             [
                 r["impl"],
@@ -80,6 +81,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
                 *(fmt(r.get(f"cpu_vs_{ref}"), ".3f") for ref in refs),
                 fmt(p50 / 1000 if p50 is not None else None, ".2f"),
                 fmt(p99 / 1000 if p99 is not None else None, ".2f"),
+                fmt(p999 / 1000 if p999 is not None else None, ".2f"),
                 f"{r['reps_ok']}" + (f" (+{r['reps_failed']} failed)" if r["reps_failed"] else ""),
             ]
         )

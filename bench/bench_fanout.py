@@ -131,6 +131,7 @@ class Pair:
             "p50_us": done["p50_us"],
             "p90_us": done["p90_us"],
             "p99_us": done["p99_us"],
+            "p999_us": done.get("p999_us"),
             "max_us": done["max_us"],
             "lat_samples": done["samples"],
         }
