@@ -15,7 +15,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
-from ._frame cimport write_header
+from ._frame cimport reserve, write_header
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from aiofastnet.transport cimport Transport
@@ -246,16 +246,7 @@ cdef class Audience:
         return False
 
     cdef int put(self, const char* p, Py_ssize_t n) except -1:
-        cdef Py_ssize_t need = self.len + n, cap = self.cap or 1024
-        cdef char* q
-        if need > cap or self.buf == NULL:
-            while cap < need:
-                cap *= 2
-            q = <char*>PyMem_Realloc(self.buf, cap)
-            if q == NULL:
-                raise MemoryError()
-            self.buf = q
-            self.cap = cap
+        reserve(&self.buf, &self.cap, self.len + n, 1024)
         memcpy(self.buf + self.len, p, n)
         self.len += n
         return 0
@@ -1028,18 +1019,7 @@ cdef class Hub:
 
     cdef inline int _reserve(self, Py_ssize_t n) except -1:
         """Make room for ``n`` more bytes in the tick buffer."""
-        cdef Py_ssize_t need = self._tick_len + n
-        cdef Py_ssize_t cap = self._tick_cap
-        cdef char* p
-        if need > cap:
-            while cap < need:
-                cap *= 2
-            p = <char*>PyMem_Realloc(self._tick, cap)
-            if p == NULL:
-                raise MemoryError()
-            self._tick = p
-            self._tick_cap = cap
-        return 0
+        return reserve(&self._tick, &self._tick_cap, self._tick_len + n, TICK_KEEP)
 
     cdef inline int _queued(self) except -1:
         """Count one more queued frame and make sure a flush is scheduled."""
@@ -1117,16 +1097,7 @@ cdef class Hub:
         data = _envelope_data(self._tick + r.off + r.hlen, r.size - r.hlen, r.json, opcode)
         head = t.envelope_head(r.offset) if t is not None else b'{"topic":null,"data":'
         cdef Py_ssize_t n = PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(data) + 1
-        cdef Py_ssize_t need = self._etick_len + n + 10, cap = self._etick_cap or 4096
-        cdef char* q
-        if need > self._etick_cap:
-            while cap < need:
-                cap *= 2
-            q = <char*>PyMem_Realloc(self._etick, cap)
-            if q == NULL:
-                raise MemoryError()
-            self._etick = q
-            self._etick_cap = cap
+        reserve(&self._etick, &self._etick_cap, self._etick_len + n + 10, 4096)
         cdef char* p = self._etick + self._etick_len
         cdef Py_ssize_t h = _write_header(<uint8_t*>p, 0x1, n)
         memcpy(p + h, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))

@@ -20,7 +20,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from ._frame cimport header_size as _header_size, write_header as _header
+from ._frame cimport header_size as _header_size, reserve, write_header as _header
 
 cdef extern from "zlib.h":
     ctypedef z_stream* z_streamp
@@ -225,16 +225,7 @@ cdef class Deflater:
         return done - 4
 
     cdef int _put(self, const char* p, Py_ssize_t n) except -1:
-        cdef Py_ssize_t need = self.len + n, cap = self.cap
-        cdef char* q
-        if need > cap:
-            while cap < need:
-                cap *= 2
-            q = <char*>PyMem_Realloc(self.buf, cap)
-            if q == NULL:
-                raise MemoryError()
-            self.buf = q
-            self.cap = cap
+        reserve(&self.buf, &self.cap, self.len + n, 1024)
         memcpy(self.buf + self.len, p, n)
         self.len += n
         return 0
