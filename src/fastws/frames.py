@@ -166,18 +166,24 @@ def split_frames(data: Buffer, pos: int = 0) -> tuple[list[bytes], int]:
     out: list[bytes] = []
     n = len(data)
     while pos + 2 <= n:
-        b0 = data[pos]
-        if b0 not in (0x81, 0x82) or data[pos + 1] & 0x80:
-            raise ValueError(f"not a fastws frame at offset {pos}: {bytes(data[pos : pos + 2])!r}")
-        h = parse_header(data, pos)
-        if h is None:
-            break
-        end = pos + h.size + h.length
-        if end > n:
+        end = _frame_end(data, pos, n)
+        if end is None:
             break
         out.append(bytes(data[pos:end]))
         pos = end
     return out, pos
+
+
+def _frame_end(data: Buffer, start: int, n: int) -> int | None:
+    """Where the server data frame at ``start`` ends (None: not all of it is in ``data[:n]``);
+    ``ValueError`` if the bytes there are not an unmasked FIN data frame."""
+    if data[start] not in (0x81, 0x82) or data[start + 1] & 0x80:
+        raise ValueError(f"not a fastws frame at offset {start}: {bytes(data[start : start + 2])!r}")
+    h = parse_header(data, start)
+    if h is None:
+        return None
+    end = start + h.size + h.length
+    return end if end <= n else None
 
 
 def encode_topic_record(frame: bytes, topic: str, offset: int = 0, epoch: str | None = None) -> bytes:
@@ -237,14 +243,8 @@ def split_records(data: Buffer, pos: int = 0) -> tuple[list[TopicFrame], int]:
             except UnicodeDecodeError:
                 raise ValueError(f"a topic record with a topic or epoch that is not text at offset {pos}") from None
             offset = int.from_bytes(data[pos + 3 + tlen : elen_at], "big")
-            b0 = data[start]
-        if b0 not in (0x81, 0x82) or data[start + 1] & 0x80:
-            raise ValueError(f"not a fastws frame at offset {start}: {bytes(data[start : start + 2])!r}")
-        h = parse_header(data, start)
-        if h is None:
-            break
-        end = start + h.size + h.length
-        if end > n:
+        end = _frame_end(data, start, n)
+        if end is None:
             break
         out.append((bytes(data[start:end]), topic, offset, epoch))
         pos = end
