@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 from bench._child import python_role
-from bench._util import REPO_ROOT, cpu_s, proc_cpu_s, raise_nofile
+from bench._util import REPO_ROOT, cpu_s, machine_busy, proc_cpu_s, raise_nofile
 
 PAD = "x" * 60
 
@@ -114,6 +114,7 @@ async def server_main(args: argparse.Namespace) -> int:
     import fastws
 
     n, nw = args.connections, args.workers
+    load_before = os.getloadavg()[0]
     limit = raise_nofile()
     # each process holds its share of the descriptors; SO_REUSEPORT spreads by a hash of the
     # 4-tuple, so a worker gets n/nw give or take a few sqrt(n): 5 % and 200 are a wide margin
@@ -172,6 +173,7 @@ async def server_main(args: argparse.Namespace) -> int:
         # -- broadcast
         s0, c0_each, t_start = server.stats(), sp.cpu_each(), time.monotonic()
         c0 = sum(c0_each)
+        m0 = machine_busy()
         cpu_s_all = sp.cpu
         interval = args.per_tick / args.rate
         seq, next_t, last_print = 0, t_start, t_start
@@ -195,17 +197,23 @@ async def server_main(args: argparse.Namespace) -> int:
         broadcast_s = time.monotonic() - t_start
         held = server.connection_count
         server.flush()
-        async with asyncio.timeout(60):  # let the backlog drain before the CPU reading
-            if nw == 1:
-                while any(c.write_buffer_size() for c in server.clients):
-                    await asyncio.sleep(0.05)
-            else:  # the workers' clients are not visible here: wait for their counts (reported every 0.5 s)
-                want = s0["deliveries"] + held * total
-                while server.stats()["deliveries"] < want:
-                    await asyncio.sleep(0.1)
-                await asyncio.sleep(1.0)
+        drained = True
+        try:
+            async with asyncio.timeout(60):  # let the backlog drain before the CPU reading
+                if nw == 1:
+                    while any(c.write_buffer_size() for c in server.clients):
+                        await asyncio.sleep(0.05)
+                else:  # the workers' clients are not visible here: wait for their counts (reported every 0.5 s)
+                    want = s0["deliveries"] + held * total
+                    while server.stats()["deliveries"] < want:
+                        await asyncio.sleep(0.1)
+                    await asyncio.sleep(1.0)
+        except TimeoutError:  # reported (and the run fails), but the clients still get END and report
+            drained = False
+            print("soak: the backlog did not drain in 60 s", file=sys.stderr, flush=True)
         c1_each, s1 = sp.cpu_each(), server.stats()
         c1 = sum(c1_each)
+        m1 = machine_busy()
         rss_end_each = sp.rss_each()
         rss_end = sum(rss_end_each)
         server.broadcast("END")
@@ -233,10 +241,16 @@ async def server_main(args: argparse.Namespace) -> int:
     lat = [r["latency_ms"] for r in reports if r["latency_ms"]["n"]]
     mib = [round(x / 2**20, 1) for x in rss0_each]
     result = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python -m bench.soak " + " ".join(args.argv),
+        "cpus": os.cpu_count(),
+        "load_average_before": round(load_before, 2),
+        "machine_cpu_busy_pct": round(100 * (m1[0] - m0[0]) / max(m1[1] - m0[1], 1), 1),
         "connections": n, "procs": args.procs, "workers": nw, "seconds": round(broadcast_s, 1),
         "rate": args.rate, "per_tick": args.per_tick, "heartbeat_s": args.heartbeat, "messages": total,
         "connect_s": round(connect_s, 1),
         "connections_held_at_end": held,
+        "drained_in_60s": drained,
         "connections_per_worker": spread or [n],
         "rss_baseline_mib": round(rss0 / 2**20, 1),
         "rss_baseline_mib_each": mib,
@@ -251,6 +265,7 @@ async def server_main(args: argparse.Namespace) -> int:
         "server_cpu_s_each": [round(b - a, 2) for a, b in zip(c0_each, c1_each, strict=False)],
         "server_cpu_pct": round(100 * (c1 - c0) / broadcast_s, 1),
         "server_cpu_us_per_delivery": round((c1 - c0) / deliveries * 1e6, 3) if deliveries else None,
+        "client_cpu_s": round(sum(r["cpu_s"] for r in reports), 2),
         "client_cpu_us_per_delivery": round(sum(r["cpu_s"] for r in reports) / max(received, 1) * 1e6, 3),
         "latency_ms_p50_max_over_procs": max((x["p50"] for x in lat), default=None),
         "latency_ms_p99_max_over_procs": max((x["p99"] for x in lat), default=None),
@@ -267,7 +282,7 @@ async def server_main(args: argparse.Namespace) -> int:
         "clients_that_missed_a_message": missed,
     }
     ok = (missed == 0 and received == n * total == deliveries and final["heartbeat_timeouts"] == 0
-          and result["clients_lost_early"] == 0 and held == n)
+          and result["clients_lost_early"] == 0 and held == n and drained)
     result["ok"] = ok
     print(json.dumps(result, indent=2))
     if args.json:
@@ -288,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval and timeout, seconds")
     p.add_argument("--json", help="append the result as one JSON line to this file")
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     import uvloop
 
     if not 0 < args.seconds <= 900:
