@@ -66,9 +66,10 @@ def raise_nofile_limit() -> tuple[int, int] | None:
     return soft, hard
 
 
-def check_fd_limit(max_connections: int, *, warn: bool = True) -> int | None:
-    """Raise the soft limit (:func:`raise_nofile_limit`); warn if ``max_connections`` does
-    not fit in it. Returns the connections the limit allows (``None``: no limit known)."""
+def check_fd_limit(max_connections: int, *, warn: bool = True, processes: int = 1) -> int | None:
+    """Raise the soft limit (:func:`raise_nofile_limit`); warn if ``max_connections``, shared by
+    ``processes`` (the workers, each with this limit), does not fit in it. Returns the
+    connections the limit allows one process (``None``: no limit known)."""
     limits = raise_nofile_limit()
     if limits is None:  # pragma: no cover
         return None
@@ -76,12 +77,13 @@ def check_fd_limit(max_connections: int, *, warn: bool = True) -> int | None:
     if resource is not None and soft == resource.RLIM_INFINITY:  # pragma: no cover
         return None
     allowed = max(0, soft - FD_RESERVE)
-    if warn and max_connections > allowed:
+    share = -(-max_connections // max(1, processes))  # the kernel spreads connections evenly over workers
+    if warn and share > allowed:
         logger.warning(
-            "max_connections is %d but the open-file limit (RLIMIT_NOFILE %d, hard limit %d) allows about %d "
+            "max_connections is %d%s but the open-file limit (RLIMIT_NOFILE %d, hard limit %d) allows about %d "
             "connections per process; past it new connections are refused. Raise the limit "
             "(ulimit -n, systemd LimitNOFILE=, docker --ulimit nofile=) or lower max_connections",
-            max_connections, soft, limits[1], allowed)
+            max_connections, f" ({share} per worker process)" if processes > 1 else "", soft, limits[1], allowed)
     return allowed
 
 

@@ -252,7 +252,7 @@ class WorkerPool:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         # raised here, the limit is inherited by every worker; warn once here, not in each
-        check_fd_limit(self.config.max_connections)
+        check_fd_limit(self.config.max_connections, processes=self.n)
         self._hold_port()
         c = self.config
         self._worker_config = msgspec.structs.replace(

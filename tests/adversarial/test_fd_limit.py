@@ -105,6 +105,14 @@ async def test_soft_limit_is_raised_to_the_hard_limit_and_a_too_large_max_connec
         assert b"open-file limit" not in serve.err, serve.err
 
 
+async def test_with_workers_each_worker_s_share_of_max_connections_is_checked():
+    """Each worker has the limit: 6000 over 2 workers fits in 4096 descriptors each, 10000 does not."""
+    async with Serve(256, 4096, "--max-connections", "6000", "--workers", "2") as serve:
+        assert b"open-file limit" not in serve.err, serve.err
+    async with Serve(256, 4096, "--max-connections", "10000", "--workers", "2") as serve:
+        assert b"max_connections is 10000 (5000 per worker process) but the open-file limit" in serve.err, serve.err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("transport", ["loop", "aiofastnet"])
 async def test_past_the_fd_limit_no_spin_no_traceback_flood_and_service_resumes(transport):
