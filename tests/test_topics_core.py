@@ -345,3 +345,86 @@ async def test_without_history_or_deliver_latest_nothing_is_kept_and_names_cost_
             assert (await recv_json(env))["type"] == "subscribed"
         assert server.stats()["topics"]["topics"] == 1
         await env.close()
+
+
+async def test_a_frame_queued_during_a_shared_recovery_is_not_sent_twice():
+    """The broker's PUBLISH of what the history read returned can come after the read:
+    recovery waits for the flush that covers it, so the held copy is the one dropped."""
+    from fastws._core import encode_frame
+    from fastws._testing import MemoryTransport, connect
+    from fastws.history import _until_flushed
+
+    loop = asyncio.get_running_loop()
+    hub, _ = _hub_with(loop)
+    hub.shared_history = True
+    for off in (1, 2):
+        hub.publish_frame(encode_frame({"o": off}), "p", off, "E")
+    hub.flush()
+    t = MemoryTransport(loop)
+
+    def setup(c):
+        c.set_subscription({"p"}, None, True)
+        c.want_recovery({"p": 1}, {"p": "E"})
+
+    c = connect(hub, t, setup)
+    history = [(o, encode_frame({"o": o})) for o in (2, 3)]  # Redis has 3 already; the node not yet
+    hub.recover(c, "p", "E", 3, history)
+    hub.publish_frame(encode_frame({"o": 3}), "p", 3, "E")  # its PUBLISH arrives now, a flush is due
+    await _until_flushed(hub, {"p": ("E", 3)}, loop.time() + 2)
+    assert hub.topic_state("p") == ("E", 3)
+    hub.release(c)
+    hub.publish_frame(encode_frame({"o": 4}), "p", 4, "E")
+    hub.flush()
+    got = _payloads(t)
+    assert got[0]["type"] == "subscribed" and got[0]["recovered"] is True
+    assert [m["offset"] for m in got[1:]] == [2, 3, 4]
+
+
+async def test_held_frames_of_a_new_epoch_are_not_taken_for_replayed_ones():
+    from fastws._core import encode_frame
+    from fastws._testing import MemoryTransport, connect
+
+    loop = asyncio.get_running_loop()
+    hub, _ = _hub_with(loop)
+    hub.shared_history = True
+    t = MemoryTransport(loop)
+
+    def setup(c):
+        c.set_subscription({"p"}, None, True)
+        c.want_recovery({"p": 499}, {"p": "E"})
+
+    c = connect(hub, t, setup)
+    hub.publish_frame(encode_frame({"new": 1}), "p", 1, "F")  # the history was lost: epoch F restarts at 1
+    hub.flush()
+    hub.recover(c, "p", "E", 500, [(500, encode_frame({"old": 500}))])
+    hub.release(c)
+    got = _payloads(t)
+    assert [(m.get("epoch"), m.get("offset")) for m in got[1:]] == [("E", 500), ("F", 1)]
+
+
+async def test_receivers_count_follows_joins_and_leaves_of_many_audiences():
+    loop = asyncio.get_running_loop()
+    hub, _ = _hub_with(loop, *[(lambda c, i=i: c.set_subscription({f"u{i}", "all"})) for i in range(50)],
+                       lambda c: c.set_subscription(None, ("u1*",)),
+                       lambda c: c.set_subscription(None, ("*", "u3")),
+                       lambda c: None)
+    assert hub.receivers("u1") == 1 + 1 + 1 + 1  # its own, the prefix, '*', the default client
+    assert hub.receivers("u10") == 4
+    assert hub.receivers("u3") == 3  # '*' names u3 too: counted once
+    assert hub.receivers("all") == 50 + 2  # not under u1*
+    for c in hub.clients[:10]:
+        c.abort()
+    await asyncio.sleep(0)
+    hub.publish(0)
+    hub.flush()  # forgets the closed clients
+    assert hub.receivers("all") == 40 + 2
+    assert hub.receivers("u1") == 3
+
+
+async def test_broadcast_many_refuses_a_topics_list_of_another_length():
+    async with running_server() as server:
+        import pytest
+
+        with pytest.raises(ValueError, match="3 items but 2 topics"):
+            server.broadcast_many([1, 2, 3], topics=["a", "b"])
+        assert server.stats()["messages"] == 0

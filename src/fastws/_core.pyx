@@ -186,8 +186,6 @@ cdef class Topic:
         object history                           # deque of (offset, frame bytes, time)
         bytes _name_json
         bytes _epoch_json
-        unsigned long long _recv_version         # Hub._aud_version the count below is for
-        Py_ssize_t _recv                         # clients of audiences that match it
         list _idx                                # its frames in this flush (Hub._index_turn)
         Py_ssize_t _last                         # its last frame of this turn (latest-only history)
 
@@ -195,7 +193,6 @@ cdef class Topic:
         self.name = name
         self._name_json = _envelope_encoder.encode(name)
         self.history = deque(maxlen=keep) if keep > 0 else None
-        self._recv_version = <unsigned long long>-1
         self._idx = []
         self._last = -1
         self.set_epoch(epoch)
@@ -204,9 +201,11 @@ cdef class Topic:
         self.epoch = epoch
         self._epoch_json = _envelope_encoder.encode(epoch)
 
-    cdef bytes envelope_head(self, unsigned long long offset):
+    cdef bytes envelope_head(self, unsigned long long offset, str epoch=None):
+        """The envelope up to its data, under this topic's epoch (or ``epoch``: a replay's)."""
+        epoch_json = self._epoch_json if epoch is None or epoch == self.epoch else _envelope_encoder.encode(epoch)
         return (b'{"topic":' + self._name_json + b',"offset":' + str(offset).encode() + b',"epoch":'
-                + self._epoch_json + b',"data":')
+                + epoch_json + b',"data":')
 
 
 @cython.final
@@ -226,15 +225,10 @@ cdef class Audience:
         readonly Py_ssize_t members
         object key
         unsigned long long stamp   # the flush its buffer was built for
-        char* buf
-        Py_ssize_t len
-        Py_ssize_t cap
-        char* ptr                  # what its members get this flush (buf, or a Hub buffer)
+        char* ptr                  # what its members get: a Hub buffer, or NULL: Hub._arena at ``off``
+        Py_ssize_t off
         Py_ssize_t size
         Py_ssize_t frames
-
-    def __dealloc__(self):
-        PyMem_Free(self.buf)
 
     cdef inline bint matches(self, Topic t):
         cdef str p
@@ -244,12 +238,6 @@ cdef class Audience:
             if t.name.startswith(p):
                 return True
         return False
-
-    cdef int put(self, const char* p, Py_ssize_t n) except -1:
-        reserve(&self.buf, &self.cap, self.len + n, 1024)
-        memcpy(self.buf + self.len, p, n)
-        self.len += n
-        return 0
 
 
 cdef Py_ssize_t IDLE_READ_BUFFER = 512
@@ -362,8 +350,8 @@ cdef class Client(WSListener):
         dict _want                     # topic -> offset to recover after (None: the latest message)
         dict _epochs                   # topic -> the epoch that offset belongs to
         Audience _aud                  # None: every frame, plain (the fast path)
-        list _held                     # while recovering from a shared history: (topic, offset, frame)
-        dict _replayed                 # topic -> offset the recovery covered (frames up to it are not resent)
+        list _held                     # while recovering from a shared history: (topic, epoch, offset, frame)
+        dict _replayed                 # topic -> (epoch, offset) the recovery covered (not resent)
 
     def __cinit__(self):
         self._index = -1
@@ -836,8 +824,12 @@ cdef class Hub:
         dict _auds                                  # key -> Audience
         Py_ssize_t _n_special                       # clients with an Audience
         Py_ssize_t _n_envelope
-        unsigned long long _aud_version             # changes whenever an Audience gains or loses a client
+        dict _exact                                 # topic name -> clients of audiences that name it
+        list _wide                                  # audiences with prefixes or every topic (few)
         unsigned long long _stamp                   # flushes, for Audience.stamp
+        char* _arena                                # the audiences' buffers of this flush, one after another
+        Py_ssize_t _arena_len
+        Py_ssize_t _arena_cap
         char* _etick                                # envelope frames of this turn
         Py_ssize_t _etick_len
         Py_ssize_t _etick_cap
@@ -873,6 +865,8 @@ cdef class Hub:
         self._touched = []
         self._topics = {}
         self._auds = {}
+        self._exact = {}
+        self._wide = []
         self._firehose = True
         self._epoch = _new_epoch()
         self.idle_read_buffer = IDLE_READ_BUFFER
@@ -881,6 +875,7 @@ cdef class Hub:
         PyMem_Free(self._tick)
         PyMem_Free(self._recs)
         PyMem_Free(self._etick)
+        PyMem_Free(self._arena)
         PyMem_Free(self._match)
 
     def __init__(self, loop, *, Py_ssize_t max_queued_bytes=1 << 20, str slow_client_policy="disconnect",
@@ -1230,10 +1225,10 @@ cdef class Hub:
             dptr = self.deflater.buf
             dsize = self.deflater.len
         self._stamp += 1
-        if self._topic_frames:
-            self._mark_flushed()
         self._in_fanout = True
         try:
+            if self._topic_frames:
+                self._mark_flushed()
             while i < len(clients):
                 c = <Client>clients[i]
                 if c._state != S_OPEN:
@@ -1271,7 +1266,7 @@ cdef class Hub:
                     c._episode_dropped += a.frames
                     self.dropped += a.frames
                     continue
-                c._write(a.ptr, a.size)
+                c._write(a.ptr if a.ptr != NULL else self._arena + a.off, a.size)
                 nbytes += a.size
                 delivered += a.frames
                 sent += 1
@@ -1280,6 +1275,11 @@ cdef class Hub:
             self._tick_len = 0
             self._tick_frames = 0
             self._etick_len = 0
+            self._arena_len = 0
+            if self._arena_cap > 4 * TICK_KEEP:  # a burst made it grow; give the memory back
+                PyMem_Free(self._arena)
+                self._arena = NULL
+                self._arena_cap = 0
             self._topic_frames = 0
             del self._rec_topics[:]
             if self._indexed:
@@ -1328,16 +1328,14 @@ cdef class Hub:
         return t
 
     cdef Py_ssize_t _receivers(self, Topic t):
-        """Clients a frame of ``t`` is queued to (cached until an audience changes)."""
+        """Clients a frame of ``t`` is queued to: the default ones, the counts of the exact names
+        (kept by ``_join``/``_leave``), and the few audiences of prefixes or every topic."""
         cdef Audience a
-        cdef Py_ssize_t n = 0
-        if t._recv_version != self._aud_version:
-            for a in self._auds.values():
-                if a.matches(t):
-                    n += a.members
-            t._recv = n
-            t._recv_version = self._aud_version
-        n = len(self._clients) - self._n_special + t._recv - self._n_dropping
+        cdef Py_ssize_t n = len(self._clients) - self._n_special - self._n_dropping
+        n += <Py_ssize_t>self._exact.get(t.name, 0)
+        for a in self._wide:
+            if t.name not in a.topics and a.matches(t):
+                n += a.members
         return n if n > 0 else 0
 
     cdef _mark_flushed(self):
@@ -1429,23 +1427,25 @@ cdef class Hub:
                 a.ptr = self._tick
                 a.size = self._tick_len
             return
-        if a.cap > 4 * TICK_KEEP:
-            PyMem_Free(a.buf)
-            a.buf = NULL
-            a.cap = 0
-        a.len = 0
+        a.ptr = NULL  # in the arena, which may move while later audiences are built: by offset
+        a.off = self._arena_len
         for i in range(n):
             if not match[i]:
                 continue
             r = &self._recs[i]
             if a.envelope:
-                a.put(self._etick + r.eoff, r.esize)
+                self._arena_put(self._etick + r.eoff, r.esize)
             elif a.deflate and r.dsize:
-                a.put(self.deflater.buf + r.doff, r.dsize)
+                self._arena_put(self.deflater.buf + r.doff, r.dsize)
             else:
-                a.put(self._tick + r.off, r.size)
-        a.ptr = a.buf
-        a.size = a.len
+                self._arena_put(self._tick + r.off, r.size)
+        a.size = self._arena_len - a.off
+
+    cdef inline int _arena_put(self, const char* p, Py_ssize_t n) except -1:
+        reserve(&self._arena, &self._arena_cap, self._arena_len + n, TICK_KEEP)
+        memcpy(self._arena + self._arena_len, p, n)
+        self._arena_len += n
+        return 0
 
     cdef _hold(self, Client c):
         """A client recovering from a shared history: keep its frames of this flush."""
@@ -1464,7 +1464,10 @@ cdef class Hub:
                 frame = PyBytes_FromStringAndSize(self._etick + r.eoff, r.esize)
             else:
                 frame = PyBytes_FromStringAndSize(self._tick + r.off, r.size)
-            c._held.append((t.name if t is not None else None, r.offset, frame))
+            if t is None:
+                c._held.append((None, None, 0, frame))
+            else:
+                c._held.append((t.name, t.epoch, r.offset, frame))
 
     cdef object _key(self, Client c):
         """The audience of ``c`` as a key; None: every frame, plain (no Audience)."""
@@ -1505,10 +1508,14 @@ cdef class Hub:
             a.topics, a.prefixes, a.all_topics, a.envelope, a.deflate = key
             a.key = key
             self._auds[key] = a
+            if a.prefixes or a.all_topics:
+                self._wide.append(a)
         a.members += 1
         c._aud = a
         self._n_special += 1
-        self._aud_version += 1
+        exact = self._exact
+        for name in a.topics:
+            exact[name] = exact.get(name, 0) + 1
 
     cdef _leave(self, Client c):
         cdef Audience a = c._aud
@@ -1520,8 +1527,15 @@ cdef class Hub:
         a.members -= 1
         if a.members == 0:
             del self._auds[a.key]
+            if a.prefixes or a.all_topics:
+                self._wide.remove(a)
         self._n_special -= 1
-        self._aud_version += 1
+        exact = self._exact
+        for name in a.topics:
+            if exact[name] == 1:
+                del exact[name]
+            else:
+                exact[name] -= 1
 
     cdef _envelope_pending(self):
         """The first envelope client arrived mid-turn: envelope what is already queued."""
@@ -1530,12 +1544,12 @@ cdef class Hub:
             if self._recs[i].esize == 0:
                 self._envelope(&self._recs[i], self._rec_topics[i])
 
-    cdef bytes _enveloped(self, Topic t, unsigned long long offset, bytes frame):
+    cdef bytes _enveloped(self, Topic t, unsigned long long offset, bytes frame, str epoch):
         """The envelope frame of a frame kept in a history."""
         cdef Py_ssize_t h = _header_size(frame)
         cdef uint8_t opcode = (<const uint8_t*>PyBytes_AS_STRING(frame))[0] & 0x0F
         data = _envelope_data(PyBytes_AS_STRING(frame) + h, PyBytes_GET_SIZE(frame) - h, False, opcode)
-        return _text_frame(t.envelope_head(offset) + data + b"}")
+        return _text_frame(t.envelope_head(offset, epoch) + data + b"}")
 
     cdef object _replay(self, Client c, Topic t, since, str client_epoch, str epoch, unsigned long long latest,
                         list entries, bytearray out):
@@ -1550,7 +1564,7 @@ cdef class Hub:
                 out += _control({"type": "subscribed", "topic": t.name, "epoch": epoch, "offset": latest})
             if entries:
                 offset, frame = entries[len(entries) - 1]
-                out += self._enveloped(t, offset, frame) if c._envelope else frame
+                out += self._enveloped(t, offset, frame, epoch) if c._envelope else frame
                 self.replayed += 1
             return None
         after = since
@@ -1563,7 +1577,7 @@ cdef class Hub:
         if ok:
             self.recovered += 1
             for offset, frame in entries:
-                out += self._enveloped(t, offset, frame) if c._envelope else frame
+                out += self._enveloped(t, offset, frame, epoch) if c._envelope else frame
             self.replayed += len(entries)
         else:
             self.not_recovered += 1
@@ -1612,7 +1626,7 @@ cdef class Hub:
                      [e for e in entries if e[0] <= latest], out)
         if c._replayed is None:
             c._replayed = {}
-        c._replayed[topic] = latest
+        c._replayed[topic] = (epoch, latest)
         if out and c._state == S_OPEN:
             c._write(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
 
@@ -1629,8 +1643,9 @@ cdef class Hub:
         c._want = None
         if not held:
             return
-        for topic, offset, frame in held:
-            if topic is None or offset > replayed.get(topic, 0):
+        for topic, epoch, offset, frame in held:
+            done = replayed.get(topic)  # (epoch, offset) the recovery covered
+            if done is None or epoch != done[0] or offset > done[1]:
                 out += frame
         if out and c._state == S_OPEN:
             c._write(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))

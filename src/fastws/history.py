@@ -102,6 +102,8 @@ async def recover_from_history(hub: Hub, client: Client, backplane: Backplane,
     """
     if not held:
         hub.hold(client)
+    deadline = asyncio.get_running_loop().time() + timeout
+    covered: dict[str, tuple[str, int]] = {}
     try:
         topics = list(since)
         # offset 0 (or the latest): the client saw nothing, so its epoch cannot mismatch (as in Hub._replay)
@@ -131,6 +133,26 @@ async def recover_from_history(hub: Hub, client: Client, backplane: Backplane,
                 epoch = shared_epoch
             read += len(entries)
             hub.recover(client, topic, epoch, latest, entries)
+            covered[topic] = (epoch, latest)
+        await _until_flushed(hub, covered, deadline)
         return read
     finally:
         hub.release(client)
+
+
+async def _until_flushed(hub: Hub, covered: dict[str, tuple[str, int]], deadline: float) -> None:
+    """Wait (until ``deadline``) for this node to have written out each topic up to the offset
+    its recovery covered: the broker's PUBLISH of those messages can arrive after the history
+    read (another connection), and only what is flushed while the client is held is checked
+    against the replay; what came later would be sent twice."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        behind = False
+        for topic, (epoch, latest) in covered.items():
+            now_epoch, flushed = hub.topic_state(topic)
+            if now_epoch == epoch and flushed < latest:
+                behind = True
+                break
+        if not behind:
+            return
+        await asyncio.sleep(0.002)

@@ -227,6 +227,7 @@ class LocalNode:
                 self.handshake_timeouts += 1
 
             watch_handshakes(self._server, c.handshake_timeout, tls_timeout)
+        hub.shared_history = self.history_backplane is not None
         self.hub = hub
         self._schedule_ping()
         if not use_aiofastnet(c.transport, context is not None):

@@ -153,6 +153,13 @@ class Server:
             node = LocalNode(c, routes=self._routes, checks=self._checks, callbacks=self,
                              rejected=self.rejected, ssl_context=self._ssl_context, limit=self._limit,
                              grants=self._grants)
+            if c.backplane is not None and c.history_size > 0:
+                from .backplane import create_backplane
+
+                backplane = create_backplane(c.backplane, c.backplane_channel, history_size=c.history_size,
+                                             history_ttl=c.history_ttl)
+                if backplane.shared_history:  # from the first client on: recovery reads Redis (issue 15)
+                    node.use_shared_history(backplane)
             await node.start()
             self._node = target = node
         self._target = target
@@ -170,12 +177,12 @@ class Server:
             if c.backplane is not None:
                 from .backplane import create_backplane
 
-                relay = Relay(target, create_backplane(c.backplane, c.backplane_channel, history_size=c.history_size,
-                                                       history_ttl=c.history_ttl), self._encoder)
+                shared = self._node.history_backplane if self._node is not None else None
+                relay = Relay(target, shared or create_backplane(c.backplane, c.backplane_channel,
+                                                                 history_size=c.history_size,
+                                                                 history_ttl=c.history_ttl), self._encoder)
                 await relay.start()
                 self._relay = relay
-                if relay.backplane.shared_history and self._node is not None:
-                    self._node.use_shared_history(relay.backplane)  # recovery reads Redis (issue 15)
                 self._target = relay
             self._publish = self._target.publisher()
         except BaseException:
@@ -264,11 +271,15 @@ class Server:
             return out
         if topics is not None and topic is not None:
             raise TypeError("give topic (one for all items) or topics (one per item), not both")
+        if topics is not None:
+            items, topics = list(items), list(topics)
+            if len(topics) != len(items):  # a short list would send the rest to every client
+                raise ValueError(f"broadcast_many: {len(items)} items but {len(topics)} topics")
         per_item = iter(topics) if topics is not None else None
         if topic is not None:
             self._check_topic(topic)
         for item in items:
-            t = next(per_item, None) if per_item is not None else topic
+            t = next(per_item) if per_item is not None else topic
             if per_item is not None and t is not None:
                 self._check_topic(t)
             try:
