@@ -660,3 +660,27 @@ async def test_a_subscribe_message_with_since_recovers_from_the_shared_history_o
                 await ws.close()
     finally:
         await delete_topic(ch, "p")
+
+
+@pytest.mark.broker
+async def test_with_a_shared_history_a_node_keeps_only_the_latest_and_serves_since_latest():
+    from websockets.asyncio.client import connect
+
+    from tests.utils import running_server
+
+    require_broker("redis")
+    ch = channel()
+    try:
+        async with running_server(backplane=REDIS, backplane_channel=ch, history_size=100) as node:
+            for i in range(3):
+                node.broadcast({"i": i}, topic="p")
+            async with asyncio.timeout(TIMEOUT):
+                while node.hub.topic_state("p")[1] < 3:  # numbered by Redis, back through pub/sub
+                    await asyncio.sleep(0.01)
+            assert node.stats()["topics"]["history_entries"] == 1  # the 100 live in Redis
+            ws = await connect(f"ws://127.0.0.1:{node.port}/?topics=p&since=latest")
+            async with asyncio.timeout(TIMEOUT):
+                assert json.loads(await ws.recv()) == {"i": 2}
+            await ws.close()
+    finally:
+        await delete_topic(ch, "p")

@@ -1275,6 +1275,14 @@ cdef class Hub:
             self._tick_len = 0
             self._tick_frames = 0
             self._etick_len = 0
+            if self._etick_cap > 4 * TICK_KEEP:
+                PyMem_Free(self._etick)
+                self._etick = NULL
+                self._etick_cap = 0
+            if self._recs_cap > 4096:  # a burst of messages: give the records back too
+                PyMem_Free(self._recs)
+                self._recs = NULL
+                self._recs_cap = 0
             self._arena_len = 0
             if self._arena_cap > 4 * TICK_KEEP:  # a burst made it grow; give the memory back
                 PyMem_Free(self._arena)

@@ -190,7 +190,8 @@ class LocalNode:
             on_connect=self._client_connected,
             on_disconnect=self._client_disconnected,
         )
-        hub.configure_topics(c.firehose, c.history_size, c.history_ttl, c.deliver_latest)
+        shared = self.history_backplane is not None  # the history is in Redis: keep only the latest here
+        hub.configure_topics(c.firehose, 0 if shared else c.history_size, c.history_ttl, c.deliver_latest or shared)
         if c.compression == "deflate":  # permessage-deflate
             hub.enable_deflate(c.compression_level, c.compression_min_size)
         if c.max_messages_per_second is not None:
