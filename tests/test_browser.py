@@ -470,7 +470,11 @@ def test_dashboard_page_topics_counts_and_resume_after_a_drop(page: Any, tmp_pat
                 t = resumed["perTopic"][topic]
                 assert (t["offset"], t["gaps"], t["dups"]) == (offset, 0, 0), (topic, t)
             assert resumed["reconnects"] >= 1
-            assert ["a", "9", "9"] == resumed["rows"][0][:3] and ["b", "5", "5"] == resumed["rows"][1][:3]
+            # the table is redrawn on the page's own schedule: wait for it to show the counts
+            rows = wait_until("the table to show 9 on a and 5 on b", lambda: (
+                (r := page_state(page)["rows"])[:2] and ["a", "9", "9"] == r[0][:3]
+                and ["b", "5", "5"] == r[1][:3] and r))
+            assert rows
             assert "recovered" in resumed["log"]
             # the newest messages shown are the items themselves (the envelope's data)
             newest = json.loads(dom(page)["messages"][0])
