@@ -22,12 +22,21 @@ import asyncio
 import gc
 import os
 import resource
-import statistics
 import time
 from typing import Any
 
 from bench._impls import IMPLS, Impl
-from bench._util import cpu_jiffies, emit, log, make_message, raise_nofile, rss_kib, run_role, stdin_commands
+from bench._util import (
+    cpu_jiffies,
+    emit,
+    log,
+    make_message,
+    raise_nofile,
+    rss_kib,
+    run_role,
+    settled_rss,
+    stdin_commands,
+)
 
 
 class Phase:
@@ -87,13 +96,8 @@ class Broadcaster:
 
 
 async def mem_sample(impl: Impl, settle: float) -> dict[str, Any]:
-    gc.collect()
-    await asyncio.sleep(settle)
-    samples = []
-    for _ in range(5):
-        samples.append(rss_kib())
-        await asyncio.sleep(0.2)
-    return {"rss_kib": statistics.median(samples), "samples": samples, "count": impl.count()}
+    rss, samples = await settled_rss(settle)
+    return {"rss_kib": rss, "samples": samples, "count": impl.count()}
 
 
 async def serve(args: argparse.Namespace) -> None:

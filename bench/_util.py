@@ -7,6 +7,7 @@ interpreters (a venv with socketify) that have neither fastws nor msgspec.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -140,6 +141,18 @@ def rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return -1
+
+
+async def settled_rss(settle: float, interval: float = 0.2) -> tuple[float, list[int]]:
+    """VmRSS after ``gc.collect()`` and ``settle`` seconds: the median of 5 samples ``interval``
+    apart, and the samples."""
+    gc.collect()
+    await asyncio.sleep(settle)
+    samples = []
+    for _ in range(5):
+        samples.append(rss_kib())
+        await asyncio.sleep(interval)
+    return float(statistics.median(samples)), samples
 
 
 # --------------------------------------------------------------------------- environment

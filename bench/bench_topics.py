@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import math
 import os
@@ -47,8 +46,8 @@ from bench._util import (
     make_message,
     markdown_table,
     raise_nofile,
-    rss_kib,
     run_role,
+    settled_rss,
     stdin_commands,
 )
 
@@ -170,14 +169,8 @@ async def client_main(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- server role
-async def settled_rss(settle: float) -> float:
-    gc.collect()
-    await asyncio.sleep(settle)
-    samples = []
-    for _ in range(5):
-        samples.append(rss_kib())
-        await asyncio.sleep(0.1)
-    return float(statistics.median(samples))
+async def rss_after(settle: float) -> float:
+    return (await settled_rss(settle, 0.1))[0]
 
 
 def history_item(seq: int) -> dict[str, Any]:
@@ -196,7 +189,7 @@ async def server_main(args: argparse.Namespace) -> None:
         kwargs["history_size"] = args.history_size
     server = fastws.Server(**kwargs)
     await server.start()
-    emit(event="ready", port=server.port, pid=os.getpid(), rss_kib=await settled_rss(0.5))
+    emit(event="ready", port=server.port, pid=os.getpid(), rss_kib=await rss_after(0.5))
     mode = args.mode
     topics = [f"t{i}" for i in range(SPREAD_TOPICS)]
     broadcast = server.broadcast
@@ -230,10 +223,10 @@ async def server_main(args: argparse.Namespace) -> None:
             assert phase is not None, "stop before run"
             emit(event="cpu", **phase.cpu())
         elif c == "mem":
-            rss = await settled_rss(float(cmd.get("settle", 1.0)))
+            rss = await rss_after(float(cmd.get("settle", 1.0)))
             emit(event="mem", rss_kib=rss, count=server.connection_count, topics=server.stats().get("topics"))
         elif c == "history":
-            before = await settled_rss(0.5)
+            before = await rss_after(0.5)
             n, published, size = int(cmd["entries"]), 0, 0
             deadline = time.monotonic() + 120
             while published < n and time.monotonic() < deadline:  # bounded in count and time
@@ -243,7 +236,7 @@ async def server_main(args: argparse.Namespace) -> None:
                     broadcast(item, topic=f"h{published % HISTORY_TOPICS}")
                     published += 1
                 await asyncio.sleep(0)
-            after = await settled_rss(1.0)
+            after = await rss_after(1.0)
             emit(event="history", before_kib=before, after_kib=after, published=published,
                  mean_bytes=size / max(published, 1), topics=server.stats().get("topics"))
         elif c == "quit":

@@ -31,7 +31,6 @@ import collections
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -39,19 +38,13 @@ import tracemalloc
 from typing import Any
 
 from bench._child import Child, python_role
-from bench._util import csv, env_info, format_env, markdown_table, raise_nofile, rss_kib
+from bench._util import csv, env_info, format_env, markdown_table, raise_nofile, settled_rss
 
 SETTLE = 2.0
 
 
 async def _rss(settle: float) -> float:
-    gc.collect()
-    await asyncio.sleep(settle)
-    samples = []
-    for _ in range(5):
-        samples.append(rss_kib())
-        await asyncio.sleep(0.2)
-    return float(statistics.median(samples))
+    return (await settled_rss(settle))[0]
 
 
 async def _connect(cli: Child, server: Any, total: int) -> None:
