@@ -216,6 +216,20 @@ def _hub_with(loop, *setups, **kw):
     return hub, transports
 
 
+def _recovering_client(hub, since: int, epoch: str = "E"):
+    """An envelope client of topic ``p`` that asks to recover after ``since`` (epoch ``epoch``)
+    from a shared history: the Hub holds it. Returns the client and its transport."""
+    from fastws._testing import MemoryTransport, connect
+
+    t = MemoryTransport(asyncio.get_running_loop())
+
+    def setup(c):
+        c.set_subscription({"p"}, None, True)
+        c.want_recovery({"p": since}, {"p": epoch})
+
+    return connect(hub, t, setup), t
+
+
 def _payloads(t):
     from tests.test_core import frames
 
@@ -286,18 +300,11 @@ async def test_subscribe_and_unsubscribe_change_what_the_next_flush_writes():
 
 async def test_hold_and_release_skip_what_the_recovery_replayed():
     from fastws._core import encode_frame
-    from fastws._testing import MemoryTransport, connect
 
     loop = asyncio.get_running_loop()
     hub, _ = _hub_with(loop)
     hub.shared_history = True
-    t = MemoryTransport(loop)
-
-    def setup(c):
-        c.set_subscription({"p"}, None, True)
-        c.want_recovery({"p": 2}, {"p": "E"})
-
-    c = connect(hub, t, setup)
+    c, t = _recovering_client(hub, 2)
     # live frames numbered by the shared history arrive while the history is fetched
     for off in (5, 6):
         hub.publish_frame(encode_frame({"o": off}), "p", off, "E")
@@ -351,7 +358,6 @@ async def test_a_frame_queued_during_a_shared_recovery_is_not_sent_twice():
     """The broker's PUBLISH of what the history read returned can come after the read:
     recovery waits for the flush that covers it, so the held copy is the one dropped."""
     from fastws._core import encode_frame
-    from fastws._testing import MemoryTransport, connect
     from fastws.history import _until_flushed
 
     loop = asyncio.get_running_loop()
@@ -360,13 +366,7 @@ async def test_a_frame_queued_during_a_shared_recovery_is_not_sent_twice():
     for off in (1, 2):
         hub.publish_frame(encode_frame({"o": off}), "p", off, "E")
     hub.flush()
-    t = MemoryTransport(loop)
-
-    def setup(c):
-        c.set_subscription({"p"}, None, True)
-        c.want_recovery({"p": 1}, {"p": "E"})
-
-    c = connect(hub, t, setup)
+    c, t = _recovering_client(hub, 1)
     history = [(o, encode_frame({"o": o})) for o in (2, 3)]  # Redis has 3 already; the node not yet
     hub.recover(c, "p", "E", 3, history)
     hub.publish_frame(encode_frame({"o": 3}), "p", 3, "E")  # its PUBLISH arrives now, a flush is due
@@ -382,18 +382,11 @@ async def test_a_frame_queued_during_a_shared_recovery_is_not_sent_twice():
 
 async def test_held_frames_of_a_new_epoch_are_not_taken_for_replayed_ones():
     from fastws._core import encode_frame
-    from fastws._testing import MemoryTransport, connect
 
     loop = asyncio.get_running_loop()
     hub, _ = _hub_with(loop)
     hub.shared_history = True
-    t = MemoryTransport(loop)
-
-    def setup(c):
-        c.set_subscription({"p"}, None, True)
-        c.want_recovery({"p": 499}, {"p": "E"})
-
-    c = connect(hub, t, setup)
+    c, t = _recovering_client(hub, 499)
     hub.publish_frame(encode_frame({"new": 1}), "p", 1, "F")  # the history was lost: epoch F restarts at 1
     hub.flush()
     hub.recover(c, "p", "E", 500, [(500, encode_frame({"old": 500}))])
