@@ -193,6 +193,12 @@ async def test_a_node_without_on_topic_frame_drops_topic_frames_and_counts_them(
 # -- the Redis shared history ------------------------------------------------------------------
 
 
+async def recv(ws) -> dict:
+    """The next message of a websockets client, as JSON (bounded)."""
+    async with asyncio.timeout(TIMEOUT):
+        return json.loads(await ws.recv())
+
+
 async def delete_topic(ch: str, topic: str) -> None:
     r = await redis_client()
     try:
@@ -540,10 +546,6 @@ async def test_client_leaves_node_a_and_recovers_on_node_b_with_no_gap():
     ch = channel()
     settings = {"backplane": REDIS, "backplane_channel": ch, "history_size": 100}
 
-    async def recv(ws) -> dict:
-        async with asyncio.timeout(TIMEOUT):
-            return json.loads(await ws.recv())
-
     try:
         async with running_server(**settings) as a, running_server(**settings) as b:
             ws = await connect(f"ws://127.0.0.1:{a.port}/?topics=prices&format=envelope")
@@ -634,10 +636,6 @@ async def test_a_subscribe_message_with_since_recovers_from_the_shared_history_o
     require_broker("redis")
     ch = channel()
     settings = {"backplane": REDIS, "backplane_channel": ch, "history_size": 100, "client_subscriptions": True}
-
-    async def recv(ws) -> dict:
-        async with asyncio.timeout(TIMEOUT):
-            return json.loads(await ws.recv())
 
     try:
         async with running_server(**settings) as a:
