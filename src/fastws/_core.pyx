@@ -2,9 +2,10 @@
 #
 # Encode each item once (msgspec), frame it once, append the frame to a tick
 # buffer, and write that one buffer to every connected client once per loop
-# turn, through aiofastnet's C-level ``Transport.write_c`` (a direct send(2)), or,
-# on the event loop's own transports (``transport: loop``), through picows'
-# ``WSTransport._fast_write`` (a direct send(2) too; what cannot go now is copied).
+# turn: on the event loop's own TCP transports (``transport: loop``, the default)
+# with one send(2) on the socket (``Client._write``; what the socket does not take
+# goes to the transport, which keeps the order), on aiofastnet's through its
+# C-level ``Transport.write_c`` (a direct send(2) too).
 #
 # Python sees three names: ``Hub``, ``Client`` and ``encode_frame``. Test and
 # benchmark transports live in ``fastws._testing``, never imported from here.
@@ -17,6 +18,12 @@ from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 from ._frame cimport reserve, write_header
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+cdef extern from "<sys/socket.h>":
+    ssize_t send(int, const void*, size_t, int) nogil
+    enum:
+        MSG_DONTWAIT
+        MSG_NOSIGNAL
 
 from aiofastnet.transport cimport Transport
 from picows.picows cimport MemoryBuffer, WSCloseCode, WSCloseHandshake, WSFrame, WSListener, WSMsgType, WSTransport
@@ -315,6 +322,8 @@ cdef class Client(WSListener):
         readonly WSTransport transport
         Transport _raw                 # aiofastnet's transport (write_c); None on the loop's own transports
         object _tr                     # the transport under picows (either kind)
+        int _fd                        # its socket, for send(2) on the loop's plain TCP transports; else -1
+        bint _queued                   # _tr may hold unsent bytes: write through it (keeps the order)
         Hub _hub
         Py_ssize_t _index              # position in Hub._clients, -1 when not listed
         int _state
@@ -356,15 +365,43 @@ cdef class Client(WSListener):
     def __cinit__(self):
         self._index = -1
         self._state = S_OPEN
+        self._fd = -1
 
     cdef inline int _write(self, const char* p, Py_ssize_t n) except -1:
-        """Write ``n`` bytes now (what the socket does not take is copied and queued)."""
-        if self._raw is not None:
+        """Write ``n`` bytes now (what the socket does not take is copied and queued).
+
+        Every write fastws makes to an open connection comes here (broadcasts, replies,
+        PINGs, PONGs), so ``_queued`` knows when the transport may hold bytes. picows
+        itself writes only its CLOSE frame, after which nothing more is written.
+        """
+        cdef Py_ssize_t sent
+        if self.transport.is_close_frame_sent:
+            return 0  # picows refused a frame and sent CLOSE: nothing may follow it
+        if self._fd >= 0:
+            # The loop's own plain TCP transport: send(2) on its socket, with no Python call
+            # when nothing waits in the transport (the common case). The fd cannot belong to
+            # another connection yet: uvloop and asyncio close it only after
+            # connection_lost, which picows passes on at once (on_ws_disconnected: closed).
+            if self._queued:
+                if self._tr.get_write_buffer_size():
+                    self._tr.write(PyBytes_FromStringAndSize(p, n))
+                    return 0
+                self._queued = False
+            sent = send(self._fd, p, <size_t>n, MSG_NOSIGNAL | MSG_DONTWAIT)
+            if sent == n:
+                return 0
+            if sent < 0:
+                # EAGAIN: the socket is full; any other error: the transport's own write
+                # meets it again and closes the connection (on_ws_disconnected follows)
+                if self._tr.is_closing():
+                    return 0
+                sent = 0
+            self._queued = True
+            self._tr.write(PyBytes_FromStringAndSize(p + sent, n - sent))
+        elif self._raw is not None:
             self._raw.write_c(<char*>p, n)
         elif not self._tr.is_closing():
-            # picows' send(2) on its cached fd: never once the loop's transport is closing,
-            # since its fd may be closed (and reused by a new connection) before
-            # connection_lost reaches us
+            # TLS on the loop's transport: picows hands the bytes to it
             self.transport._fast_write(<char*>p, n)
         return 0
 
@@ -382,6 +419,8 @@ cdef class Client(WSListener):
         tr = self._tr = transport.underlying_transport
         if isinstance(tr, Transport):
             self._raw = <Transport>tr
+        elif not transport.is_secure and transport._socket >= 0:
+            self._fd = transport._socket
         self.connected_at = self.last_seen = _now()
         self._tokens = self._hub.msg_burst
         self._tokens_at = self.connected_at
@@ -477,7 +516,7 @@ cdef class Client(WSListener):
                 # would grow it without bound under the drop policy). Skip and count.
                 self._hub.pongs_skipped += 1
             else:
-                transport.send_pong(frame.get_payload_as_bytes())
+                self._send_frame(frame.payload_ptr, frame.payload_size, 0xA)
         elif t == WSMsgType.CLOSE:
             self._on_close_frame(frame)
         # PONG: last_seen is all the heartbeat needs
