@@ -46,10 +46,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--messages",
         type=int,
         default=0,
-        help="messages per phase; default: enough for --deliveries deliveries per phase",
+        help="messages per phase at one per turn (K times as many at bursts of K); "
+             "default: enough for --deliveries",
     )
     p.add_argument(
-        "--deliveries", type=int, default=None, help="target N*M per phase (default 250000, quick 60000)"
+        "--deliveries", type=int, default=None,
+        help="target N*M per phase at one message per turn (default 250000, quick 60000); a burst of K "
+             "has K times as many, so that every phase has as many loop turns (one write per client "
+             "each) and lasts long enough to be measured",
     )
     p.add_argument("--burst", type=csv_ints, default=[1, 16], help="messages per loop turn (default 1,16)")
     p.add_argument("--impl", type=csv, default=list(_peers.IMPLS),
@@ -74,12 +78,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def messages_for(n: int, args: argparse.Namespace) -> int:
-    if args.messages:
-        return args.messages
-    step = max(args.burst)
-    m = max(32, math.ceil(args.deliveries / n))
-    return math.ceil(m / step) * step
+def messages_for(n: int, args: argparse.Namespace, burst: int) -> int:
+    """M for a phase: the same number of loop turns at every burst size.
+
+    A burst of 16 costs a server about 1/16 of the CPU per delivery; with the same M its
+    phase would last a few tens of ms, a few ticks of the kernel's CPU accounting.
+    """
+    turns = args.messages or max(32, math.ceil(args.deliveries / n))
+    return turns * burst
 
 
 class Pair:
@@ -182,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     phases: list[dict[str, Any]] = []
     t_start = time.monotonic()
     for n in args.clients:
-        m = messages_for(n, args)
         pairs: dict[str, Pair] = {}
         try:
             for impl in impls:
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"N={n} {impl}: setup failed: {exc}", file=sys.stderr)
             for impl, pair in pairs.items():  # warm-up, not recorded
                 try:
-                    pair.phase(min(m, 32), 1)
+                    pair.phase(32, 1)
                 except ChildError as exc:
                     print(f"N={n} {impl}: warm-up failed: {exc}", file=sys.stderr)
             names = list(pairs)
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 for burst in args.burst:
                     for impl in order:
                         try:
-                            r = pairs[impl].phase(m, burst)
+                            r = pairs[impl].phase(messages_for(n, args, burst), burst)
                         except ChildError as exc:
                             print(f"N={n} {impl} burst={burst} rep={rep}: FAILED: {exc}", file=sys.stderr)
                             r = {
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "M messages per phase: "
-        + ", ".join(f"N={n}: {messages_for(n, args)}" for n in args.clients)
+        + ", ".join(f"N={n} K={k}: {messages_for(n, args, k)}" for n in args.clients for k in args.burst)
         + f"; total time {time.monotonic() - t_start:.0f}s"
     )
     print(render_table(rows))
