@@ -37,6 +37,9 @@ import msgspec
 
 from .exceptions import EncodeError
 
+cdef extern from *:
+    void __builtin_prefetch(const void*) nogil
+
 cdef extern from "<string.h>":
     void* memmem(const void*, size_t, const void*, size_t) nogil
 
@@ -312,6 +315,14 @@ cdef bytes _control(dict message):
     return _text_frame(_envelope_encoder.encode(message))
 
 
+cdef inline void _prefetch(Client c) noexcept:
+    cdef char* p = <char*><void*>c
+    __builtin_prefetch(p)
+    __builtin_prefetch(p + 64)
+    if c.transport is not None:
+        __builtin_prefetch(&c.transport.is_close_frame_sent)
+
+
 cdef class Client(WSListener):
     """One WebSocket connection: the picows listener and the registry entry.
 
@@ -319,17 +330,21 @@ cdef class Client(WSListener):
     """
 
     cdef:
+        # What the fan-out reads for every client on every turn comes first, within the
+        # object's first 96 bytes (Hub.flush prefetches them a client ahead).
         readonly WSTransport transport
         Transport _raw                 # aiofastnet's transport (write_c); None on the loop's own transports
         object _tr                     # the transport under picows (either kind)
+        Audience _aud                  # None: every frame, plain (the fast path)
         int _fd                        # its socket, for send(2) on the loop's plain TCP transports; else -1
+        int _state
         bint _queued                   # _tr may hold unsent bytes: write through it (keeps the order)
+        bint _dropping                 # drop policy: an episode of skipped messages
+        bint _deflate                  # broadcasts go to it compressed (Hub.deflater's buffer)
         Hub _hub
         Py_ssize_t _index              # position in Hub._clients, -1 when not listed
-        int _state
         bint _reject                   # over max_connections: close 1008 after the handshake
         bint _over_cap                 # write backlog above the cap (pause_writing)
-        bint _dropping                 # drop policy: an episode of skipped messages
         readonly Py_ssize_t dropped    # messages skipped for this client
         Py_ssize_t _episode_dropped
         readonly double connected_at
@@ -347,7 +362,6 @@ cdef class Client(WSListener):
         double _tokens_at
         int _why                       # R_*: why it is closing (set once)
         # permessage-deflate (negotiated by node.py; see _deflate.pyx)
-        bint _deflate                  # broadcasts go to it compressed (Hub.deflater's buffer)
         bint _client_nct               # client_no_context_takeover: nothing kept between messages
         int _wbits                     # server_max_window_bits it accepted (8-15)
         bint _frag_compressed          # the open fragmented message is compressed
@@ -358,7 +372,6 @@ cdef class Client(WSListener):
         bint _envelope                 # ?format=envelope
         dict _want                     # topic -> offset to recover after (None: the latest message)
         dict _epochs                   # topic -> the epoch that offset belongs to
-        Audience _aud                  # None: every frame, plain (the fast path)
         list _held                     # while recovering from a shared history: (topic, epoch, offset, frame)
         dict _replayed                 # topic -> (epoch, offset) the recovery covered (not resent)
 
@@ -1270,6 +1283,10 @@ cdef class Hub:
                 self._mark_flushed()
             while i < len(clients):
                 c = <Client>clients[i]
+                if i + 1 < len(clients):
+                    # The send(2) for this client evicts what the loop read before: fetch the
+                    # next client's fields (and the transport flag _write reads) meanwhile
+                    _prefetch(<Client>clients[i + 1])
                 if c._state != S_OPEN:
                     # closing (heartbeat timeout, close handshake, error): skip and forget
                     self.closed_skipped += 1
