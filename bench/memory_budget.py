@@ -8,7 +8,7 @@ raw connections, minimal upgrade headers, pongs answered). Sequence per configur
    (median of 5 samples);
 2. idle connections up to 1000, then up to N (default 5000); at each: wait until the
    server counts them, ``gc.collect()``, settle, VmRSS. Reported: (RSS_N - baseline) / N and
-   the marginal (RSS_N - RSS_1000) / (N - 1000);
+   the marginal (RSS_N - RSS_R) / (N - R), R = min(1000, N/2);
 3. ``tracemalloc.start()``, then M more connections (default 1000): the snapshot difference
    per connection grouped by block size (what each connection mallocs) and by innermost
    Python line, and the ``gc`` objects gained per connection, by type (count, bytes);
@@ -137,11 +137,12 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(0.05)
         base = await _rss(args.settle)
         res["baseline_kib"] = base
-        for k in sorted({1000, n}):
+        ref = min(1000, n // 2)  # the marginal cost is measured from here to n
+        for k in (ref, n):
             await _connect(cli, server, k)
             res[f"rss_{k}_kib"] = await _rss(args.settle)
         res["per_conn_kib"] = (res[f"rss_{n}_kib"] - base) / n
-        res["marginal_kib"] = (res[f"rss_{n}_kib"] - res["rss_1000_kib"]) / (n - 1000)
+        res["marginal_kib"] = (res[f"rss_{n}_kib"] - res[f"rss_{ref}_kib"]) / (n - ref)
         # what one connection allocates, traced
         tracemalloc.start(25)
         gc.collect()
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="write the results as JSON lines")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.clients < 10 or args.traced < 1:
+        p.error("--clients must be at least 10 and --traced at least 1")
     if args.serve:
         import uvloop  # noqa: PLC0415
 
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["config"], "failed", "", "", ""])
+            rows.append([r["config"], "failed: " + r["error"], "", "", "", ""])
             continue
         rows.append([r["config"], r["transport"], str(r["idle_read_buffer"] or 2048),
                      f"{r['per_conn_kib']:.2f}", f"{r['marginal_kib']:.2f}", f"{r['traced_kib']:.2f}"])
