@@ -456,7 +456,6 @@ async def sweeps_past(server, times: list[float], after: float) -> None:
 
 async def test_idle_topics_are_evicted_counted_and_the_gauge_drops():
     from fastws.metrics import render_metrics
-
     from tests.test_metrics import parse_prometheus
 
     async with running_server(topic_idle_ttl=IDLE) as server:

@@ -1386,8 +1386,8 @@ cdef class Hub:
         self._idle_ttl = topic_idle_ttl if topic_idle_ttl > 0 else 0.0
 
     def evict_idle_topics(self):
-        """Forget the topics nothing keeps; return how many. Called every ``topic_idle_ttl / 2``
-        seconds at most (node.py), never from the fan-out; O(topics).
+        """Forget the topics nothing keeps; return how many. node.py calls it every
+        ``min(topic_idle_ttl / 2, 30)`` seconds from one timer, never from the fan-out; O(topics).
 
         A topic goes when: no message came for at least ``topic_idle_ttl`` (seen by two sweeps
         that far apart: publishing stamps nothing), no client names it exactly (prefix and
