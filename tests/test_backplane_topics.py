@@ -682,3 +682,63 @@ async def test_with_a_shared_history_a_node_keeps_only_the_latest_and_serves_sin
             await ws.close()
     finally:
         await delete_topic(ch, "p")
+
+
+# -- idle topics evicted (topic_idle_ttl) where offsets come from elsewhere ---------------------
+
+
+async def test_a_worker_topic_made_again_after_eviction_takes_the_parents_offset_and_epoch():
+    """A worker's Hub gets its offsets and epoch from the parent (publish_frame): a topic it
+    evicted and makes again goes on with the parent's numbering, so a client that resumes
+    with the parent's epoch recovers what followed."""
+    from websockets.asyncio.client import connect
+
+    from tests.utils import running_server
+
+    # history_ttl: long enough for the client below to come in time
+    async with running_server(topic_idle_ttl=0.2, history_size=10, history_ttl=1.0) as server:
+        hub = server.hub
+        for offset in (1, 2, 3):
+            hub.publish_frame(frame({"n": offset}), "t", offset, "ParentEpoch1")
+        await asyncio.sleep(0)
+        assert hub.topic_state("t") == ("ParentEpoch1", 3)
+        await wait_for(lambda: server.stats()["topics"]["topics"] == 0)
+        hub.publish_frame(frame({"n": 4}), "t", 4, "ParentEpoch1")
+        await asyncio.sleep(0)
+        assert hub.topic_state("t") == ("ParentEpoch1", 4)
+        ws = await connect(f"ws://127.0.0.1:{server.port}/?topics=t&format=envelope&since=t:3&epoch=ParentEpoch1")
+        assert await recv(ws) == {"type": "subscribed", "topic": "t", "epoch": "ParentEpoch1", "offset": 4,
+                                  "recovered": True}
+        assert await recv(ws) == {"topic": "t", "offset": 4, "epoch": "ParentEpoch1", "data": {"n": 4}}
+        await ws.close()
+
+
+@pytest.mark.broker
+async def test_a_topic_evicted_from_a_node_goes_on_with_the_shared_history_numbering():
+    from websockets.asyncio.client import connect
+
+    from tests.utils import running_server
+
+    require_broker("redis")
+    ch = channel()
+    settings = {"backplane": REDIS, "backplane_channel": ch, "history_size": 100, "history_ttl": 1.0,
+                "topic_idle_ttl": 0.2}
+    try:
+        async with running_server(**settings) as node:
+            for i in range(3):
+                node.broadcast({"i": i}, topic="p")
+            await wait_for(lambda: node.hub.topic_state("p")[1] == 3)  # numbered by Redis
+            epoch = node.hub.topic_state("p")[0]
+            # the node keeps only the latest, which history_ttl expires: then the topic goes
+            await wait_for(lambda: node.stats()["topics"]["evicted"] == 1)
+            assert node.stats()["topics"]["topics"] == 0
+            node.broadcast({"i": 3}, topic="p")
+            await wait_for(lambda: node.hub.topic_state("p")[1] == 4)
+            assert node.hub.topic_state("p") == (epoch, 4)  # Redis' epoch and offsets, not the node's
+            ws = await connect(f"ws://127.0.0.1:{node.port}/?topics=p&format=envelope&since=p:3&epoch={epoch}")
+            assert await recv(ws) == {"type": "subscribed", "topic": "p", "epoch": epoch, "offset": 4,
+                                      "recovered": True}
+            assert (await recv(ws))["data"] == {"i": 3}
+            await ws.close()
+    finally:
+        await delete_topic(ch, "p")

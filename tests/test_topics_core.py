@@ -421,3 +421,185 @@ async def test_broadcast_many_refuses_a_topics_list_of_another_length():
         with pytest.raises(ValueError, match="3 items but 2 topics"):
             server.broadcast_many([1, 2, 3], topics=["a", "b"])
         assert server.stats()["messages"] == 0
+
+
+# -- idle topics are evicted (topic_idle_ttl) -----------------------------------------------
+
+IDLE = 0.2  # topic_idle_ttl of these tests: sweeps every 0.1 s
+
+
+def topic_count(server) -> int:
+    return server.stats()["topics"]["topics"]
+
+
+def count_sweeps(server) -> list[float]:
+    """The loop times of the node's eviction sweeps from now on (its timer looks the method up
+    each time it schedules the next sweep)."""
+    node = server._node
+    times: list[float] = []
+    sweep = node._sweep_topics
+
+    def counted() -> None:
+        times.append(asyncio.get_running_loop().time())
+        sweep()
+
+    node._sweep_topics = counted
+    return times
+
+
+async def sweeps_past(server, times: list[float], after: float) -> None:
+    """Wait (bounded) until a sweep ran at least ``after`` seconds from now: by then every
+    topic published before now has been idle long enough to go, if it can."""
+    deadline = asyncio.get_running_loop().time() + after
+    await wait_for(lambda: bool(times) and times[-1] >= deadline)
+
+
+async def test_idle_topics_are_evicted_counted_and_the_gauge_drops():
+    from fastws.metrics import render_metrics
+    from tests.test_metrics import parse_prometheus
+
+    async with running_server(topic_idle_ttl=IDLE) as server:
+        for i in range(5000):
+            server.broadcast({"i": i}, topic=f"user:{i}")
+        await asyncio.sleep(0)  # flushed
+        assert topic_count(server) == 5000
+        m = parse_prometheus(render_metrics(server))
+        assert m["fastws_topics"] == 5000 and m["fastws_topics_evicted_total"] == 0
+        await wait_for(lambda: topic_count(server) == 0)
+        assert server.stats()["topics"]["evicted"] == 5000
+        m = parse_prometheus(render_metrics(server))
+        assert m["fastws_topics"] == 0 and m["fastws_topics_evicted_total"] == 5000
+        # a topic published again is made again, and goes again
+        server.broadcast({"i": 0}, topic="user:0")
+        await asyncio.sleep(0)
+        assert topic_count(server) == 1
+        await wait_for(lambda: server.stats()["topics"]["evicted"] == 5001)
+        assert topic_count(server) == 0
+
+
+async def test_a_topic_with_an_exact_subscriber_is_kept_a_firehose_client_keeps_none():
+    async with running_server(topic_idle_ttl=IDLE) as server:
+        ws = await connect(url(server) + "?topics=kept")
+        every = await connect(url(server))  # firehose: gets every topic, keeps none
+        await wait_for(lambda: server.connection_count == 2)
+        server.broadcast({"n": 1}, topic="kept")
+        server.broadcast({"n": 2}, topic="gone")
+        assert (await recv_json(ws))["n"] == 1
+        assert [m["n"] for m in await recv_all(every, 2)] == [1, 2]
+        await wait_for(lambda: server.stats()["topics"]["evicted"] == 1)
+        times = count_sweeps(server)
+        await sweeps_past(server, times, 2 * IDLE)
+        assert set(server.hub.topic_counts()) == {"kept"}
+        await ws.close()  # its last exact subscriber gone: the topic goes too
+        await wait_for(lambda: topic_count(server) == 0)
+        assert server.stats()["topics"]["evicted"] == 2
+        await every.close()
+
+
+async def test_history_with_history_ttl_is_evicted_once_its_entries_expire():
+    async with running_server(topic_idle_ttl=IDLE, history_size=10, history_ttl=0.3) as server:
+        server.broadcast({"i": 1}, topic="t")
+        await asyncio.sleep(0)
+        assert len(server.hub.history_after("t", 0)) == 1
+        started = asyncio.get_running_loop().time()
+        await wait_for(lambda: topic_count(server) == 0)
+        assert asyncio.get_running_loop().time() - started >= 0.3 - 0.05  # not before its entry expired
+        assert server.stats()["topics"]["evicted"] == 1
+        assert server.stats()["topics"]["history_entries"] == 0
+
+
+async def test_history_without_history_ttl_and_the_kept_latest_keep_their_topics():
+    for settings in ({"history_size": 10}, {"deliver_latest": True}):
+        async with running_server(topic_idle_ttl=IDLE, **settings) as server:
+            times = count_sweeps(server)
+            server.broadcast({"v": 1}, topic="t")
+            await asyncio.sleep(0)
+            await sweeps_past(server, times, 3 * IDLE)
+            assert topic_count(server) == 1, settings
+            assert server.stats()["topics"]["evicted"] == 0
+            plain = await connect(url(server) + "?topics=t&since=latest")
+            assert await recv_json(plain) == {"v": 1}  # still served
+            await plain.close()
+
+
+async def test_deliver_latest_with_history_ttl_lets_the_topic_go():
+    async with running_server(topic_idle_ttl=IDLE, deliver_latest=True, history_ttl=0.1) as server:
+        server.broadcast({"v": 1}, topic="t")
+        await asyncio.sleep(0)
+        await wait_for(lambda: topic_count(server) == 0)
+        assert server.stats()["topics"]["evicted"] == 1
+
+
+async def test_resuming_an_evicted_topic_is_not_recovered_and_gets_the_new_epoch():
+    async with running_server(topic_idle_ttl=IDLE, history_size=10, history_ttl=0.1) as server:
+        ws = await connect(url(server) + "?topics=t&format=envelope")
+        sub = await recv_json(ws)
+        assert sub["type"] == "subscribed"
+        for i in range(3):
+            server.broadcast({"i": i}, topic="t")
+        got = await recv_all(ws, 3)
+        old_epoch = got[-1]["epoch"]
+        assert [m["offset"] for m in got] == [1, 2, 3]
+        await ws.close()
+        await wait_for(lambda: topic_count(server) == 0)
+        # made again: offsets from 1 again, past the client's 3, under another epoch
+        for i in range(5):
+            server.broadcast({"i": 10 + i}, topic="t")
+        await asyncio.sleep(0)
+        new_epoch, latest = server.hub.topic_state("t")
+        assert latest == 5 and new_epoch != old_epoch
+        ws = await connect(url(server) + f"?topics=t&format=envelope&since=t:3&epoch={old_epoch}")
+        assert await recv_json(ws) == {"type": "subscribed", "topic": "t", "epoch": new_epoch, "offset": 5,
+                                       "recovered": False}
+        server.broadcast({"i": "live"}, topic="t")
+        assert await recv_json(ws) == {"topic": "t", "offset": 6, "epoch": new_epoch, "data": {"i": "live"}}
+        server.broadcast({"marker": True})  # and nothing else before it
+        assert await recv_json(ws) == {"topic": None, "data": {"marker": True}}
+        assert server.stats()["topics"]["not_recovered"] == 1
+        await ws.close()
+        # resuming before anything is published again: not recovered either (no stale epoch)
+        await wait_for(lambda: topic_count(server) == 0)
+        ws = await connect(url(server) + f"?topics=t&format=envelope&since=t:6&epoch={new_epoch}")
+        answer = await recv_json(ws)
+        assert answer["recovered"] is False and answer["epoch"] != new_epoch and answer["offset"] == 0
+        await ws.close()
+
+
+async def test_a_frame_waiting_for_the_flush_keeps_its_topic():
+    async with running_server(topic_idle_ttl=0) as server:  # no timer: the sweeps are called here
+        hub = server.hub
+        hub.configure_topics(topic_idle_ttl=IDLE)
+        loop = asyncio.get_running_loop()
+        server.broadcast({"i": 1}, topic="t")
+        await asyncio.sleep(0)
+        assert hub.evict_idle_topics() == 0  # seen: idle from now
+        seen = loop.time()
+        await wait_for(lambda: loop.time() - seen > IDLE + 0.01)
+        server.broadcast({"i": 2}, topic="t")  # queued, not flushed yet
+        assert hub.evict_idle_topics() == 0
+        assert topic_count(server) == 1
+        await asyncio.sleep(0)
+        assert hub.topic_state("t")[1] == 2  # numbered on, in the same epoch
+        seen = loop.time()
+        await wait_for(lambda: loop.time() - seen > IDLE + 0.01)
+        assert hub.evict_idle_topics() == 1
+        assert topic_count(server) == 0
+
+
+async def test_topic_idle_ttl_0_never_evicts():
+    async with running_server(topic_idle_ttl=0, heartbeat_interval=0.05) as server:
+        assert server._node._sweep_handle is None  # no timer at all
+        server.broadcast({"i": 1}, topic="t")
+        await asyncio.sleep(0)
+        assert server.hub.evict_idle_topics() == 0
+        assert topic_count(server) == 1
+
+
+def test_topic_idle_ttl_must_not_be_negative():
+    import pytest
+
+    from fastws import ConfigError, ServerConfig
+
+    with pytest.raises(ConfigError, match="topic_idle_ttl: must be >= 0 seconds"):
+        ServerConfig.from_dict({"topic_idle_ttl": -0.5})
+    assert ServerConfig().topic_idle_ttl == 300

@@ -90,6 +90,7 @@ class Hub:
     idle_read_buffer: int  # picows' read buffer of a new connection is cut to this (+256); 0: not cut
     recovered: int
     not_recovered: int
+    topics_evicted: int
     replayed: int
     subscribe_errors: int
     def __init__(
@@ -115,8 +116,10 @@ class Hub:
     def publish_frame(self, frame: bytes, topic: str | None = None, offset: int = 0, epoch: str | None = None) -> int: ...
     # topics (issue 15)
     def configure_topics(
-        self, firehose: bool = True, history_size: int = 0, history_ttl: float = 0.0, deliver_latest: bool = False
+        self, firehose: bool = True, history_size: int = 0, history_ttl: float = 0.0, deliver_latest: bool = False,
+        topic_idle_ttl: float = 0.0,
     ) -> None: ...
+    def evict_idle_topics(self) -> int: ...
     def recover(self, c: Client, topic: str, epoch: str, latest: int, entries: list[tuple[int, bytes]]) -> None: ...
     def hold(self, c: Client) -> None: ...
     def release(self, c: Client) -> None: ...

@@ -198,6 +198,9 @@ cdef class Topic:
         bytes _epoch_json
         list _idx                                # its frames in this flush (Hub._index_turn)
         Py_ssize_t _last                         # its last frame of this turn (latest-only history)
+        # idle eviction (Hub.evict_idle_topics), stamped by the sweeps, not by publish:
+        unsigned long long _swept                # ``messages`` at the last sweep
+        double _quiet                            # the sweep since which no message came (0: none yet)
 
     def __init__(self, str name, Py_ssize_t keep, str epoch):
         self.name = name
@@ -893,8 +896,11 @@ cdef class Hub:
         bint _firehose
         Py_ssize_t _keep                            # history entries per topic (at least the latest)
         bint _keep_all                              # history_size > 0: every message is kept when queued
-        str _epoch                                  # of this Hub's offsets (a shared history has its own)
+        str _epoch                                  # of this Hub's offsets (a shared history has its own);
+                                                    # a new one after each sweep that evicts topics
         double _ttl
+        double _idle_ttl                            # topic_idle_ttl (0: topics are never evicted)
+        readonly unsigned long long topics_evicted
         public bint shared_history                  # recovery comes from a shared history (node.py)
         # picows' read buffer of a new connection is cut to this many bytes (+256 of slack) once
         # it is open (0: left at picows' 2048); it grows again by itself for larger frames
@@ -1368,14 +1374,73 @@ cdef class Hub:
     # -- topics (issue 15) ------------------------------------------------------------
 
     def configure_topics(self, bint firehose=True, Py_ssize_t history_size=0, double history_ttl=0.0,
-                         bint deliver_latest=False):
+                         bint deliver_latest=False, double topic_idle_ttl=0.0):
         """Before clients connect: ``firehose`` (clients that chose no topic get every topic),
         the history kept per topic (the latest message too with ``deliver_latest``, for
-        ``since=latest``) and its ttl."""
+        ``since=latest``) and its ttl; ``topic_idle_ttl``: seconds after its last message a
+        topic may be evicted by ``evict_idle_topics`` (0: never)."""
         self._firehose = firehose
         self._keep = max(history_size, 1 if deliver_latest else 0)
         self._keep_all = history_size > 0
         self._ttl = history_ttl
+        self._idle_ttl = topic_idle_ttl if topic_idle_ttl > 0 else 0.0
+
+    def evict_idle_topics(self):
+        """Forget the topics nothing keeps; return how many. node.py calls it every
+        ``min(topic_idle_ttl / 2, 30)`` seconds from one timer, never from the fan-out; O(topics).
+
+        A topic goes when: no message came for at least ``topic_idle_ttl`` (seen by two sweeps
+        that far apart: publishing stamps nothing), no client names it exactly (prefix and
+        firehose clients do not keep it), its history is empty once ``history_ttl`` has
+        expired what it can (a kept latest message keeps it), no frame of it waits for the
+        flush, and no client recovering from a shared history asked for it.
+
+        Offsets are only comparable within an epoch, and a topic made again numbers from 1:
+        after evicting, the Hub takes a new epoch for the topics it makes from then on, so
+        that a client resuming with an offset of the evicted topic is told ``recovered:
+        false``. (A topic numbered elsewhere, by a shared history or a worker pool's parent,
+        takes that epoch and offset in ``publish_frame``, as before.)"""
+        cdef double now = _now(), ttl = self._idle_ttl
+        cdef double expired = now - self._ttl
+        cdef Topic t
+        cdef Client c
+        cdef list gone = []
+        cdef set busy = None
+        if ttl <= 0 or self._in_fanout or not self._topics:
+            return 0
+        if self._topic_frames:  # frames of this turn not flushed yet
+            busy = {t.name for t in self._rec_topics if t is not None}
+        for c in self._clients:
+            if c._held is not None and c._want:  # a recovery from a shared history under way
+                if busy is None:
+                    busy = set()
+                busy.update(c._want)
+        exact = self._exact
+        for t in self._topics.values():
+            if t.messages != t._swept:
+                t._swept = t.messages
+                t._quiet = now
+                continue
+            if now - t._quiet < ttl or t.name in exact:
+                continue
+            h = t.history
+            if h:
+                if self._ttl > 0:
+                    while h and (<tuple>h[0])[2] < expired:
+                        h.popleft()
+                if h:
+                    continue
+            if busy is not None and t.name in busy:
+                continue
+            gone.append(t.name)
+        if not gone:
+            return 0
+        topics = self._topics
+        for name in gone:
+            del topics[name]
+        self.topics_evicted += len(gone)
+        self._epoch = _new_epoch()
+        return len(gone)
 
     cdef Topic _topic(self, str name):
         cdef Topic t = self._topics.get(name)
@@ -1798,7 +1863,8 @@ cdef class Hub:
                 entries += len(t.history)
         return {"topics": len(self._topics), "subscriptions": subscriptions, "envelope_clients": self._n_envelope,
                 "recovered": self.recovered, "not_recovered": self.not_recovered, "replayed": self.replayed,
-                "history_entries": entries, "subscribe_errors": self.subscribe_errors}
+                "history_entries": entries, "subscribe_errors": self.subscribe_errors,
+                "evicted": self.topics_evicted}
 
     # -- inbound -------------------------------------------------------------------
 

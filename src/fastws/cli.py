@@ -118,6 +118,8 @@ HELP = {
     "history_size": "messages kept per topic for recovery (?since=); 0: no history",
     "history_ttl": "seconds a history entry is kept; 0: until --history-size evicts it",
     "deliver_latest": "a new client with ?topics= first gets the latest message of each of its topics",
+    "topic_idle_ttl": "seconds after its last message a topic without exact subscribers or history is "
+                      "forgotten; 0: never",
     "max_topics_per_client": "topics one client may subscribe to; more: 400 too_many_topics",
     "max_topic_length": "characters in a topic name; longer: 400 topic_invalid",
     "topic_metrics": "per-topic metric series for at most this many topics; 0: none",

@@ -151,6 +151,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     history_size: int = 0  # messages kept per topic for recovery (0: no history)
     history_ttl: float = 0.0  # seconds a history entry is kept (0: until history_size evicts it)
     deliver_latest: bool = False  # a new client first gets the latest message of each of its topics
+    topic_idle_ttl: float = 300.0  # seconds after its last message an unused, empty topic is forgotten (0: never)
     max_topics_per_client: int = 64  # topics one client may subscribe to
     max_topic_length: int = 128  # characters in a topic name
     topic_metrics: int = 0  # per-topic metric series for at most this many topics (0: none)
@@ -233,6 +234,8 @@ def _check_topics(c: ServerConfig, bad: _Bad) -> None:
         raise bad("history_size", "must be >= 0 messages per topic (0: no history)", c.history_size)
     if not 0 <= c.history_ttl < math.inf:
         raise bad("history_ttl", "must be >= 0 seconds (0: no expiry)", c.history_ttl)
+    if not 0 <= c.topic_idle_ttl < math.inf:
+        raise bad("topic_idle_ttl", "must be >= 0 seconds (0: topics are never evicted)", c.topic_idle_ttl)
     if c.max_topics_per_client < 1:
         raise bad("max_topics_per_client", "must be a positive integer", c.max_topics_per_client)
     if not 1 <= c.max_topic_length <= 1024:
@@ -488,6 +491,7 @@ SERVER_KEY_DOCS: dict[str, tuple[str, object]] = {
     "history_size": ("messages kept per topic for recovery (0: none)", 1000),
     "history_ttl": ("seconds a history entry is kept (0: until evicted)", 300),
     "deliver_latest": ("a new client with ?topics= first gets each topic's latest message", True),
+    "topic_idle_ttl": ("seconds after its last message a topic nothing holds is forgotten (0: never)", 300),
     "max_topics_per_client": ("topics one client may subscribe to", 16),
     "max_topic_length": ("characters in a topic name", 64),
     "topic_metrics": ("per-topic metric series for at most this many topics (0: none)", 20),

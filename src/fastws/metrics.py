@@ -192,6 +192,8 @@ def _topic_metrics(metric: _Metric, t: object,
         return value if isinstance(value, (int, float)) else 0
 
     metric("fastws_topics", "gauge", "Topics that have subscribers or history.", num("topics"))
+    metric("fastws_topics_evicted_total", "counter",
+           "Topics forgotten after topic_idle_ttl without messages, exact subscribers or history.", num("evicted"))
     metric("fastws_topic_subscriptions", "gauge", "Client subscriptions to topics (a client with 3 topics: 3).",
            num("subscriptions"))
     metric("fastws_envelope_clients", "gauge", "Clients connected with ?format=envelope.", num("envelope_clients"))

@@ -57,6 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["LocalNode", "ConnectionLimit", "ClientCallbacks"]
 
 logger = logging.getLogger("fastws.server")
+#: Idle topics are swept every ``min(topic_idle_ttl / 2, TOPIC_SWEEP_MAX)`` seconds.
+TOPIC_SWEEP_MAX = 30.0
 # picows logs every connection at INFO and every malformed frame at ERROR, twice;
 # any peer can trigger those, so they go to a logger of their own.
 _picows_logger = logging.getLogger("fastws.picows")
@@ -148,6 +150,7 @@ class LocalNode:
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ping_handle: asyncio.TimerHandle | None = None
+        self._sweep_handle: asyncio.TimerHandle | None = None  # idle topic eviction (topic_idle_ttl)
         self._reap_handles: list[asyncio.TimerHandle] = []
         self._empty = asyncio.Event()
         self._empty.set()
@@ -191,7 +194,8 @@ class LocalNode:
             on_disconnect=self._client_disconnected,
         )
         shared = self.history_backplane is not None  # the history is in Redis: keep only the latest here
-        hub.configure_topics(c.firehose, 0 if shared else c.history_size, c.history_ttl, c.deliver_latest or shared)
+        hub.configure_topics(c.firehose, 0 if shared else c.history_size, c.history_ttl, c.deliver_latest or shared,
+                             c.topic_idle_ttl)
         if c.compression == "deflate":  # permessage-deflate
             hub.enable_deflate(c.compression_level, c.compression_min_size)
         if c.max_messages_per_second is not None:
@@ -231,6 +235,7 @@ class LocalNode:
         hub.shared_history = self.history_backplane is not None
         self.hub = hub
         self._schedule_ping()
+        self._schedule_sweep()
         if not use_aiofastnet(c.transport, context is not None):
             self._fd_probe = loop.call_later(1.0, self._probe_fds)
         logger.info("fastws listening on %s:%d", c.host, self.port)
@@ -244,6 +249,9 @@ class LocalNode:
         if self._ping_handle is not None:
             self._ping_handle.cancel()
             self._ping_handle = None
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         if self._fd_probe is not None:
             self._fd_probe.cancel()
             self._fd_probe = None
@@ -505,6 +513,23 @@ class LocalNode:
         assert self._loop is not None
         handle = self._loop.call_later(self.config.effective_heartbeat_timeout, self._reap, since)
         self._reap_handles.append(handle)
+
+    # -- idle topics: one timer sweeps them all (topic_idle_ttl) ----------------------------
+
+    def _schedule_sweep(self) -> None:
+        ttl = self.config.topic_idle_ttl
+        if ttl > 0:
+            assert self._loop is not None
+            self._sweep_handle = self._loop.call_later(min(ttl / 2, TOPIC_SWEEP_MAX), self._sweep_topics)
+
+    def _sweep_topics(self) -> None:
+        hub = self.hub
+        if hub is None or self._server is None:
+            return
+        self._schedule_sweep()
+        n = hub.evict_idle_topics()
+        if n:
+            logger.debug("evicted %s idle for %gs", plural(n, "topic"), self.config.topic_idle_ttl)
 
     def _reap(self, since: float) -> None:
         assert self._loop is not None
