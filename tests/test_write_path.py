@@ -39,7 +39,7 @@ async def test_pongs_amid_queued_broadcasts_keep_every_frame_whole(transport):
         for i in range(3):  # PINGs while broadcasts wait in the transport, more after each
             seen = client.last_seen
             raw.send_frame(OP_PING, b"p%d" % i)
-            await wait_for(lambda: client.last_seen > seen)  # read, PONG written
+            await wait_for(lambda seen=seen: client.last_seen > seen)  # read, PONG written
             publish(5)
             await asyncio.sleep(0)
         got, pongs = [], []
