@@ -168,7 +168,8 @@ def test_source_has_no_inputs_and_single_input_ports(tmp_path: Path) -> None:
 def test_unknown_config_key_is_a_warning_and_an_error_when_strict(tmp_path: Path) -> None:
     text = "system: {name: x, components: [{name: s, type: Sink, config: {mod: log, retry_enabled: true}}]}\n"
     path = write(tmp_path, text)
-    expected = f"{path}: components[0].config.mod: unknown key, ignored (Sink keys are: mode, level, path, keep_last)"
+    expected = (f"{path}: components[0].config.mod: unknown key, ignored (Sink keys are: mode, level, path, keep_last)"
+                "; did you mean 'mode'?")  # retry_enabled: a framework key, ignored silently
     assert System.from_yaml(path).warnings == [expected]
     with pytest.raises(BlueprintError) as info:
         System.from_yaml(path, strict=True)

@@ -252,7 +252,7 @@ async def test_serve_config_file_errors_name_the_file(tmp_path: Path):
     path.write_text("port: 0\nprot: 1\nmax_connections: 0\n")
     code, _, err = await fastws_cli("serve", "--config", str(path))
     assert (code, err) == (1, f"fastws: error: {path}: prot: unknown key; known keys are: "
-                              f"{', '.join(ServerConfig.keys())}\n")
+                              f"{', '.join(ServerConfig.keys())}; did you mean 'port'?\n")
     path.write_text("port: 0\nmax_connections: 0\n")
     code, _, err = await fastws_cli("serve", "--config", str(path))
     assert (code, err) == (1, f"fastws: error: {path}: max_connections: must be a positive integer, got 0\n")
@@ -302,27 +302,27 @@ async def test_run_prints_the_address_of_each_websocket_component(tmp_path: Path
 async def test_validate_warns_about_unknown_keys_and_strict_refuses_them(tmp_path: Path):
     bp = tmp_path / "s.yaml"
     bp.write_text("system:\n  name: s\n  components:\n    - {name: s, type: Sink, config: {mode: log, mod: x, lvl: 2}}\n")
-    ignored = "unknown key, ignored (Sink keys are: mode, level, path, keep_last)"
-    refused = "unknown key (--strict) (Sink keys are: mode, level, path, keep_last)"
+    ignored = "unknown key, ignored (Sink keys are: mode, level, path, keep_last); did you mean {!r}?"
+    refused = "unknown key (--strict) (Sink keys are: mode, level, path, keep_last); did you mean {!r}?"
     code, out, err = await fastws_cli("validate", str(bp))
     assert code == 0
     assert err.splitlines() == [
-        f"warning: {bp}: components[0].config.mod: {ignored}",
-        f"warning: {bp}: components[0].config.lvl: {ignored}",
+        f"warning: {bp}: components[0].config.mod: {ignored.format('mode')}",
+        f"warning: {bp}: components[0].config.lvl: {ignored.format('level')}",
     ]
     assert out == f"{bp}: OK (system 's': 1 component, 0 streams; 2 warnings)\n"
     code, out, err = await fastws_cli("validate", "--strict", str(bp))
     assert (code, out) == (1, "")
     assert err.splitlines() == [
-        f"error: {bp}: components[0].config.mod: {refused}",
-        f"error: {bp}: components[0].config.lvl: {refused}",
+        f"error: {bp}: components[0].config.mod: {refused.format('mode')}",
+        f"error: {bp}: components[0].config.lvl: {refused.format('level')}",
     ]
     # a bad --set value is blamed on the --set (every one of them); the warnings still show
     code, _, err = await fastws_cli("validate", str(bp), "--set", "s.keep_last=-1", "--set", "s.mode=nope")
     assert code == 1
     assert err.splitlines() == [
-        f"warning: {bp}: components[0].config.mod: {ignored}",
-        f"warning: {bp}: components[0].config.lvl: {ignored}",
+        f"warning: {bp}: components[0].config.mod: {ignored.format('mode')}",
+        f"warning: {bp}: components[0].config.lvl: {ignored.format('level')}",
         "error: --set s.mode=nope: expected one of 'memory', 'log', 'file', got 'nope'",
         "error: --set s.keep_last=-1: expected an integer >= 0, got -1",
     ]
@@ -343,7 +343,8 @@ async def test_validate_reports_every_problem_with_bindings(tmp_path: Path):
     known = "generator, data_count, data_delay, start, metrics, seed, path, fields"
     assert (code, out) == (1, "")
     assert err.splitlines() == [
-        f"warning: {bp}: components[0].config.dta_delay: unknown key, ignored (Source keys are: {known})",
+        f"warning: {bp}: components[0].config.dta_delay: unknown key, ignored (Source keys are: {known})"
+        "; did you mean 'data_delay'?",
         f"error: {bp}: components[0].config.data_count: expected an integer >= 0, got -1",
         f"error: {bp}: components[0].config.data_delay: expected a number, got 'x'",
         f"error: {bp}: components[1].config.port: must be 1-65535 (0 picks a free port), got 70000",

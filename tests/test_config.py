@@ -102,7 +102,8 @@ ERRORS: list[tuple[dict[str, Any], str]] = [
     ({"max_topic_length": 4, "auth": {"tokens": ["tok"], "token_topics": {"tok": ["abcdef*"]}}},
      "config.auth.token_topics: the topics of auth.tokens[0], entry 0: pattern 'abcdef*': topic 'abcdef' is longer "
      "than 4 characters (max_topic_length) (a topic name, prefix* or *)"),
-    ({"prot": 1}, "config.prot: unknown key; known keys are: " + ", ".join(ServerConfig.__struct_fields__)),
+    ({"prot": 1}, "config.prot: unknown key; known keys are: " + ", ".join(ServerConfig.__struct_fields__)
+     + "; did you mean 'port'?"),
 ]
 
 

@@ -50,9 +50,20 @@ def hostport(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+#: Hosts that bind every interface.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
 def url(scheme: str, host: str, port: int, path: str = "/") -> str:
-    """``url("ws", "::", 8080)`` -> ``"ws://[::]:8080/"``."""
-    return f"{scheme}://{hostport(host, port)}{path}"
+    """``url("ws", "::1", 8080)`` -> ``"ws://[::1]:8080/"``. A wildcard host (every interface)
+    is shown as ``localhost``, an address a browser on this machine can open (browsers
+    refuse ``0.0.0.0``)."""
+    return f"{scheme}://{hostport('localhost' if host in WILDCARD_HOSTS else host, port)}{path}"
+
+
+def interfaces_note(host: str) -> str:
+    """``", on every interface (0.0.0.0)"`` for a wildcard host, else nothing."""
+    return f", on every interface ({host or '0.0.0.0'})" if host in WILDCARD_HOSTS else ""
 
 
 def _bind_reason(host: str, port: int) -> str | None:

@@ -29,7 +29,7 @@ import msgspec.inspect
 import msgspec.json
 import msgspec.yaml
 
-from ._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, plural, url
+from ._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, interfaces_note, plural, url
 from ._types import ConfigDict, ConfigValue, Item
 from .blueprint.cli import register as register_blueprint_commands
 from .config import ServerConfig
@@ -527,7 +527,7 @@ async def _serve(config: ServerConfig, stdin_kind: str, exit_on_eof: bool) -> in
     page = f", live page on {url('https' if config.ssl else 'http', config.host, server.port, config.page_path)}"
     print(f"fastws: serving on {url(scheme, config.host, server.port)} (broadcasting standard input"
           f"{', which is ' + stdin_kind if stdin_kind in ('closed', '/dev/null') else ''})"
-          f"{page if config.page else ''}", file=sys.stderr, flush=True)
+          f"{page if config.page else ''}{interfaces_note(config.host)}", file=sys.stderr, flush=True)
     pump = StdinPump(server, stdin_kind)
     pump.start(on_eof=stop.set if exit_on_eof else None)
     try:

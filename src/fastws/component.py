@@ -58,7 +58,7 @@ import msgspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ._types import ConfigDict, ConfigMapping, Item, Record, Settings
-from .config import FRAMEWORK_KEYS, ConfigRequirement, config_requirements, parse_struct
+from .config import FRAMEWORK_KEYS, ConfigRequirement, config_requirements, did_you_mean, parse_struct
 
 __all__ = ["ComponentStatus", "ComposedComponent", "receive_batches", "send_batch"]
 
@@ -137,8 +137,9 @@ class ComposedComponent:
 
     @classmethod
     def _ignored_warning(cls, path: str, key: str) -> str:
-        known = ", ".join(cls.Config.__struct_fields__) if cls.Config is not None else ""
-        return f"{path}.{key}: unknown key, ignored ({cls.__name__} keys are: {known})"
+        fields = cls.Config.__struct_fields__ if cls.Config is not None else ()
+        return (f"{path}.{key}: unknown key, ignored ({cls.__name__} keys are: {', '.join(fields)})"
+                f"{did_you_mean(key, fields)}")
 
     @classmethod
     def input_ports(cls, config: ConfigMapping | None = None) -> tuple[str, ...] | None:

@@ -5,6 +5,7 @@ Every key is documented in ``docs/reference.md``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import typing
@@ -347,12 +348,18 @@ def parse_struct(
         elif unknown == "ignore":
             ignored.append(str(key))
         else:
-            raise ConfigError(f"{path}.{key}: unknown key; known keys are: {', '.join(known)}")
+            raise ConfigError(f"{path}.{key}: unknown key; known keys are: {', '.join(known)}{did_you_mean(key, known)}")
     try:
         settings = msgspec.convert(values, type=struct_type)
     except msgspec.ValidationError as exc:
         raise ConfigError(translate_validation_error(exc, path, values, struct_type)) from None
     return settings, tuple(ignored)
+
+
+def did_you_mean(key: object, known: typing.Iterable[str]) -> str:
+    """``"; did you mean 'port'?"`` when ``key`` looks like a typo of a known key, else ``""``."""
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 _TYPE_NAMES = {

@@ -98,7 +98,7 @@ async def test_address_that_is_not_local() -> None:
     assert err == "fastws: error: cannot listen on 192.0.2.1:0: Cannot assign requested address (errno 99)\n"
 
 
-async def test_ipv6_any_address_is_printed_in_brackets() -> None:
+async def test_ipv6_any_address_is_printed_as_localhost() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fastws", "serve", "--host", "::", "--port", "0",
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -107,8 +107,9 @@ async def test_ipv6_any_address_is_printed_in_brackets() -> None:
     try:
         async with asyncio.timeout(TIMEOUT * 2):
             line = (await proc.stderr.readline()).decode()
-        assert line.startswith("fastws: serving on ws://[::]:"), line
-        port = int(line.split("ws://[::]:")[1].split("/")[0])
+        assert line.startswith("fastws: serving on ws://localhost:"), line  # a browser cannot open [::]
+        assert line.rstrip().endswith(", on every interface (::)"), line
+        port = int(line.split("ws://localhost:")[1].split("/")[0])
         from websockets.asyncio.client import connect
 
         async with connect(f"ws://[::1]:{port}/", open_timeout=TIMEOUT) as ws:

@@ -17,7 +17,8 @@ from typing import TypeVar
 import msgspec
 import msgspec.yaml
 
-from fastws._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, plural, url
+from fastws._cliutil import (LOOPS, Parser, UsageError, describe_error, hide_listening_log, interfaces_note,
+                             plural, url)
 from fastws._types import ConfigDict
 from fastws.blueprint.runner import System
 from fastws.blueprint.schema import BlueprintError, ComponentError
@@ -170,7 +171,7 @@ def announce(system: System) -> None:
         line = f"fastws: {name}: serving on {url('wss' if tls else 'ws', config.host, port)}"
         if config.page:
             line += f", live page on {url('https' if tls else 'http', config.host, port, config.page_path)}"
-        print(line, file=sys.stderr, flush=True)
+        print(line + interfaces_note(config.host), file=sys.stderr, flush=True)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ import msgspec.yaml
 
 from fastws._types import ConfigDict, ConfigMapping, ConfigValue
 from fastws.components._base import translate_validation_error
-from fastws.config import FRAMEWORK_KEYS
+from fastws.config import FRAMEWORK_KEYS, did_you_mean
 from fastws.exceptions import ConfigError, FastWSError
 
 __all__ = [
@@ -149,7 +149,8 @@ def unknown_key_message(key: str, known: Iterable[str] | None) -> str:
     """The one wording of an unknown key: ``port_: unknown key; known keys are: host, port``."""
     if known is None:
         return f"{key}: unknown key"
-    return f"{key}: unknown key; known keys are: {', '.join(known)}"
+    known = list(known)
+    return f"{key}: unknown key; known keys are: {', '.join(known)}{did_you_mean(key, known)}"
 
 
 @dataclass(frozen=True)
