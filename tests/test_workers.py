@@ -85,6 +85,30 @@ async def test_clients_over_workers_all_receive_everything_and_a_killed_worker_i
     assert not server.is_serving
 
 
+async def test_the_parent_forgets_idle_topics_and_numbers_them_again_under_a_new_epoch():
+    server = fastws.Server(host="127.0.0.1", port=0, workers=2, topic_idle_ttl=0.2)
+    await server.start()
+    try:
+        async with connect(f"ws://127.0.0.1:{server.port}/?topics=a&format=envelope") as ws:
+            assert (await recv_json(ws))["type"] == "subscribed"
+            await wait_for(lambda: server.connection_count == 1)
+            server.broadcast({"n": 1}, topic="a")
+            server.broadcast({"n": 2}, topic="a")
+            first = [await recv_json(ws) for _ in range(2)]
+            assert [(m["offset"], m["data"]) for m in first] == [(1, {"n": 1}), (2, {"n": 2})]
+            pool = server.workers
+            await wait_for(lambda: "a" not in pool._offsets)  # idle for topic_idle_ttl: forgotten
+            assert pool.topics_evicted == 1
+            server.broadcast({"n": 3}, topic="a")
+            m = await recv_json(ws)  # the worker keeps "a" for its subscriber and takes the new numbering
+            assert (m["topic"], m["offset"], m["data"]) == ("a", 1, {"n": 3})
+            assert m["epoch"] != first[0]["epoch"]
+            server.broadcast({"n": 4}, topic="a")
+            assert (await recv_json(ws))["offset"] == 2
+    finally:
+        await server.stop()
+
+
 async def test_max_connections_holds_for_the_whole_server():
     server = fastws.Server(host="127.0.0.1", port=0, workers=2, max_connections=5)
     await server.start()

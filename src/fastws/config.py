@@ -164,6 +164,12 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     def effective_heartbeat_timeout(self) -> float:
         return self.heartbeat_interval if self.heartbeat_timeout is None else self.heartbeat_timeout
 
+    @property
+    def topic_sweep_interval(self) -> float:
+        """Seconds between two looks for idle topics (with ``topic_idle_ttl`` > 0): a topic goes
+        between ``topic_idle_ttl`` and that plus two of these after its last message."""
+        return min(self.topic_idle_ttl / 2, 30.0)
+
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         return cls.__struct_fields__

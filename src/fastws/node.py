@@ -57,8 +57,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["LocalNode", "ConnectionLimit", "ClientCallbacks"]
 
 logger = logging.getLogger("fastws.server")
-#: Idle topics are swept every ``min(topic_idle_ttl / 2, TOPIC_SWEEP_MAX)`` seconds.
-TOPIC_SWEEP_MAX = 30.0
 # picows logs every connection at INFO and every malformed frame at ERROR, twice;
 # any peer can trigger those, so they go to a logger of their own.
 _picows_logger = logging.getLogger("fastws.picows")
@@ -520,7 +518,7 @@ class LocalNode:
         ttl = self.config.topic_idle_ttl
         if ttl > 0:
             assert self._loop is not None
-            self._sweep_handle = self._loop.call_later(min(ttl / 2, TOPIC_SWEEP_MAX), self._sweep_topics)
+            self._sweep_handle = self._loop.call_later(self.config.topic_sweep_interval, self._sweep_topics)
 
     def _sweep_topics(self) -> None:
         hub = self.hub

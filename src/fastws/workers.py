@@ -243,9 +243,14 @@ class WorkerPool:
         self._retired: Stats = {"disconnects": 0, "disconnect_reasons": {WORKER_EXIT: 0}}
         self.messages = 0
         self.frames_dropped = 0
-        # topic numbering, so that every worker agrees: topic -> latest offset, one epoch per parent
-        self._offsets: dict[str, int] = {}
+        # topic numbering, so that every worker agrees: topic -> (its epoch, latest offset). A topic
+        # takes the current epoch when it is first numbered; after a sweep has forgotten idle
+        # topics (topic_idle_ttl) the epoch changes, so a topic numbered again from 1 is told apart
+        self._offsets: dict[str, tuple[str, int]] = {}
+        self._quiet: dict[str, tuple[int, float]] = {}  # topic -> (offset, since when unchanged)
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self.epoch = new_epoch()
+        self.topics_evicted = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -264,6 +269,39 @@ class WorkerPool:
             await self.stop()
             raise
         logger.info("fastws: %d workers listening on %s:%d", self.n, c.host, self.port)
+        self._schedule_sweep()
+
+    # -- idle topics: the parent forgets their numbering as the workers' hubs do -------------
+
+    def _schedule_sweep(self) -> None:
+        ttl = self.config.topic_idle_ttl
+        if ttl > 0 and self._loop is not None and not self._stopping:
+            self._sweep_handle = self._loop.call_later(self.config.topic_sweep_interval, self._sweep_topics)
+
+    def _sweep_topics(self) -> None:
+        self._schedule_sweep()
+        self.evict_idle_topics()
+
+    def evict_idle_topics(self) -> int:
+        """Forget the numbering of topics not published for ``topic_idle_ttl`` (seen by two
+        sweeps that far apart); return how many. The workers keep their own topics as long as
+        a client subscribes to them; the next message of a forgotten topic is numbered 1 under
+        a new epoch, which they adopt."""
+        assert self._loop is not None
+        now, ttl = self._loop.time(), self.config.topic_idle_ttl
+        quiet, gone = self._quiet, []
+        for topic, (_, offset) in self._offsets.items():
+            q = quiet.get(topic)
+            if q is None or q[0] != offset:
+                quiet[topic] = (offset, now)
+            elif now - q[1] >= ttl:
+                gone.append(topic)
+        for topic in gone:
+            del self._offsets[topic], quiet[topic]
+        if gone:
+            self.topics_evicted += len(gone)
+            self.epoch = new_epoch()
+        return len(gone)
 
     def _hold_port(self) -> None:
         """Bind (not listen) host:port with SO_REUSEPORT: fixes the port when it is 0, and keeps it."""
@@ -362,6 +400,9 @@ class WorkerPool:
         if self._stopping:
             return
         self._stopping = True
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         self.flush()
         for t in list(self._respawns):
             t.cancel()
@@ -415,9 +456,9 @@ class WorkerPool:
         """
         if topic is not None:
             if offset <= 0:
-                offset = self._offsets.get(topic, 0) + 1
-                epoch = self.epoch
-            self._offsets[topic] = offset
+                epoch, offset = self._offsets.get(topic) or (self.epoch, 0)
+                offset += 1
+                self._offsets[topic] = (epoch, offset)
             frame = encode_topic_record(frame, topic, offset, epoch)
         self._pending.append(frame)
         self.messages += 1
