@@ -29,7 +29,16 @@ import msgspec.inspect
 import msgspec.json
 import msgspec.yaml
 
-from ._cliutil import LOOPS, Parser, UsageError, describe_error, hide_listening_log, interfaces_note, plural, url
+from ._cliutil import (
+    LOOPS,
+    Parser,
+    UsageError,
+    describe_error,
+    hide_listening_log,
+    interfaces_note,
+    plural,
+    url,
+)
 from ._types import ConfigDict, ConfigValue, Item
 from .blueprint.cli import register as register_blueprint_commands
 from .config import ServerConfig

@@ -17,8 +17,16 @@ from typing import TypeVar
 import msgspec
 import msgspec.yaml
 
-from fastws._cliutil import (LOOPS, Parser, UsageError, describe_error, hide_listening_log, interfaces_note,
-                             plural, url)
+from fastws._cliutil import (
+    LOOPS,
+    Parser,
+    UsageError,
+    describe_error,
+    hide_listening_log,
+    interfaces_note,
+    plural,
+    url,
+)
 from fastws._types import ConfigDict
 from fastws.blueprint.runner import System
 from fastws.blueprint.schema import BlueprintError, ComponentError
