@@ -173,7 +173,7 @@ def test_unknown_source_key_is_ignored_with_one_warning(caplog: pytest.LogCaptur
     assert src.ignored_keys == ("dta_count",)
     assert [r.getMessage() for r in caplog.records] == [
         "src.config.dta_count: unknown key, ignored (Source keys are: generator, data_count, data_delay, "
-        "start, metrics, seed, path, fields)"
+        "start, metrics, seed, path, fields); did you mean 'data_count'?"
     ]
     assert Source.validate_config({"dta_count": 3}, "config") == [caplog.records[0].getMessage().replace("src.", "", 1)]
 
