@@ -1138,11 +1138,14 @@ cdef class Hub:
 
     cdef _remember(self, Topic t, FrameRec* r):
         cdef double now = _now()
-        h = t.history
+        self._expire(t.history, now)
+        t.history.append((r.offset, PyBytes_FromStringAndSize(self._tick + r.off, r.size), now))
+
+    cdef inline _expire(self, object h, double now):
+        """Drop the entries of history ``h`` older than ``history_ttl`` (oldest first)."""
         if self._ttl > 0:
             while h and (<tuple>h[0])[2] < now - self._ttl:
                 h.popleft()
-        h.append((r.offset, PyBytes_FromStringAndSize(self._tick + r.off, r.size), now))
 
     cdef int _envelope(self, FrameRec* r, Topic t) except -1:
         """Build the envelope frame of record ``r`` into the envelope buffer."""
@@ -1401,7 +1404,6 @@ cdef class Hub:
         false``. (A topic numbered elsewhere, by a shared history or a worker pool's parent,
         takes that epoch and offset in ``publish_frame``, as before.)"""
         cdef double now = _now(), ttl = self._idle_ttl
-        cdef double expired = now - self._ttl
         cdef Topic t
         cdef Client c
         cdef list gone = []
@@ -1425,9 +1427,7 @@ cdef class Hub:
                 continue
             h = t.history
             if h:
-                if self._ttl > 0:
-                    while h and (<tuple>h[0])[2] < expired:
-                        h.popleft()
+                self._expire(h, now)
                 if h:
                     continue
             if busy is not None and t.name in busy:
