@@ -199,6 +199,16 @@ async def recv(ws) -> dict:
         return json.loads(await ws.recv())
 
 
+async def publish_to_history(node, n: int = 3) -> str:
+    """Broadcast ``{"i": 0..n-1}`` on topic "p" and wait until Redis holds them; its epoch."""
+    for i in range(n):
+        node.broadcast({"i": i}, topic="p")
+    async with asyncio.timeout(TIMEOUT):
+        while (await node.backplane.history("p", 0))[1] < n:
+            await asyncio.sleep(0.01)
+    return (await node.backplane.history("p", 0))[0]
+
+
 async def delete_topic(ch: str, topic: str) -> None:
     r = await redis_client()
     try:
@@ -609,12 +619,7 @@ async def test_offset_0_recovers_from_the_shared_history_whatever_the_epoch():
     ch = channel()
     try:
         async with running_server(backplane=REDIS, backplane_channel=ch, history_size=10) as server:
-            for i in range(3):
-                server.broadcast({"i": i}, topic="p")
-            async with asyncio.timeout(TIMEOUT):
-                while (await server.backplane.history("p", 0))[1] < 3:
-                    await asyncio.sleep(0.01)
-            epoch = (await server.backplane.history("p", 0))[0]
+            epoch = await publish_to_history(server)
             for query in ("since=p:0&epoch=stale", "since=p:0"):
                 ws = await connect(f"ws://127.0.0.1:{server.port}/?topics=p&format=envelope&{query}")
                 async with asyncio.timeout(TIMEOUT):
@@ -639,12 +644,7 @@ async def test_a_subscribe_message_with_since_recovers_from_the_shared_history_o
 
     try:
         async with running_server(**settings) as a:
-            for i in range(3):
-                a.broadcast({"i": i}, topic="p")
-            async with asyncio.timeout(TIMEOUT):
-                while (await a.backplane.history("p", 0))[1] < 3:
-                    await asyncio.sleep(0.01)
-            epoch = (await a.backplane.history("p", 0))[0]
+            epoch = await publish_to_history(a)
             async with running_server(**settings) as b:  # node B never relayed p
                 ws = await connect(f"ws://127.0.0.1:{b.port}/?format=envelope")
                 await ws.send(json.dumps({"subscribe": "p", "since": 1, "epoch": epoch}))
